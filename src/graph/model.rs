@@ -1,0 +1,1 @@
+//! Serde types for the Graph sendMail request body.
