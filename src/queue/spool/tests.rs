@@ -1,0 +1,256 @@
+//! Spool tests: the commit order, recovery after a crash, and the failed and corrupt paths.
+
+use std::sync::Mutex;
+
+use super::*;
+
+/// Records every file operation, by kind and file name, then performs it for real.
+#[derive(Default)]
+struct Recording {
+    ops: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    fn log(&self, op: &str, path: &Path) {
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        self.ops.lock().unwrap().push(format!("{op} {name}"));
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.ops.lock().unwrap())
+    }
+}
+
+impl FileOps for Recording {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        self.log("create", path);
+        RealFs.create(path)
+    }
+    fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.log("write", path);
+        RealFs.write(file, path, bytes)
+    }
+    fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
+        self.log("fsync", path);
+        RealFs.sync(file, path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.log("rename", from);
+        self.log("  to", to);
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.log("fsync-dir", dir);
+        RealFs.sync_dir(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.log("remove", path);
+        RealFs.remove(path)
+    }
+}
+
+fn envelope() -> Envelope {
+    Envelope {
+        mail_from: "scanner@example.com".into(),
+        rcpt_to: vec!["alice@example.com".into()],
+        client: "127.0.0.1:40000".into(),
+        received_at_ms: 1,
+    }
+}
+
+fn commit(spool: &Spool, body: &[u8]) -> EntryMeta {
+    let mut incoming = spool.receive().unwrap();
+    spool.append(&mut incoming, body).unwrap();
+    spool.commit(incoming, envelope()).unwrap()
+}
+
+#[test]
+fn commit_writes_body_then_meta_with_every_fsync_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let recording = Arc::new(Recording::default());
+    let (spool, _) = Spool::open_with(&dir, recording.clone()).unwrap();
+    recording.take();
+
+    let meta = commit(&spool, b"Subject: hi\r\n\r\nbody\r\n");
+    let id = meta.id;
+    let dir_name = "q".to_string();
+    assert_eq!(
+        recording.take(),
+        vec![
+            format!("create {id}.eml"),
+            format!("write {id}.eml"),
+            format!("fsync {id}.eml"),
+            format!("create {id}.tmp"),
+            format!("write {id}.tmp"),
+            format!("fsync {id}.tmp"),
+            format!("rename {id}.tmp"),
+            format!("  to {id}.json"),
+            format!("fsync-dir {dir_name}"),
+        ]
+    );
+    assert_eq!(spool.read_body(id).unwrap(), b"Subject: hi\r\n\r\nbody\r\n");
+}
+
+#[test]
+fn files_and_directories_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let (spool, _) = Spool::open(&dir).unwrap();
+    let meta = commit(&spool, b"x");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("failed")), 0o700);
+    assert_eq!(mode(&spool.body_path(meta.id)), 0o600);
+    assert_eq!(mode(&spool.meta_path(meta.id)), 0o600);
+}
+
+#[test]
+fn reopening_recovers_committed_entries_and_removes_uncommitted_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let committed;
+    {
+        let (spool, _) = Spool::open(&dir).unwrap();
+        committed = commit(&spool, b"kept");
+        // A crash during DATA: body written, never committed.
+        let mut incoming = spool.receive().unwrap();
+        spool.append(&mut incoming, b"half").unwrap();
+        std::mem::forget(incoming);
+        // A crash during the meta write: the temp file is left.
+        std::fs::write(dir.join(format!("{}.tmp", QueueId::generate())), b"{").unwrap();
+    }
+    let (spool, recovered) = Spool::open(&dir).unwrap();
+    assert_eq!(recovered.entries, vec![committed.clone()]);
+    assert_eq!(recovered.orphans_removed, 1);
+    assert_eq!(spool.read_body(committed.id).unwrap(), b"kept");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.') && n != "failed")
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "only the committed entry is left: {names:?}"
+    );
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_spool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = Spool::open(tmp.path()).unwrap();
+    let err = Spool::open(tmp.path())
+        .err()
+        .expect("lock must be exclusive");
+    assert!(matches!(err, SpoolError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("another graph-relay process"));
+}
+
+#[test]
+fn update_persists_attempts_and_remove_deletes_the_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let mut meta = commit(&spool, b"x");
+    meta.attempts = 3;
+    meta.last_error = Some("HTTP 503".into());
+    spool.update(&meta).unwrap();
+    drop(spool);
+    let (spool, recovered) = Spool::open(tmp.path()).unwrap();
+    assert_eq!(recovered.entries, vec![meta.clone()]);
+    spool.remove(meta.id).unwrap();
+    drop(spool);
+    let (_, recovered) = Spool::open(tmp.path()).unwrap();
+    assert!(recovered.entries.is_empty());
+}
+
+#[test]
+fn failed_entries_keep_body_and_reason_outside_the_live_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let mut meta = commit(&spool, b"body");
+    meta.last_error = Some("Graph refused: 404 ErrorInvalidUser".into());
+    spool.fail(&meta).unwrap();
+    assert_eq!(spool.failed_entries().unwrap(), vec![meta.clone()]);
+    assert_eq!(
+        std::fs::read(tmp.path().join("failed").join(format!("{}.eml", meta.id))).unwrap(),
+        b"body"
+    );
+    drop(spool);
+    let (_, recovered) = Spool::open(tmp.path()).unwrap();
+    assert!(recovered.entries.is_empty());
+}
+
+#[test]
+fn corrupt_metadata_is_quarantined_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good;
+    let bad_id = QueueId::generate();
+    {
+        let (spool, _) = Spool::open(tmp.path()).unwrap();
+        good = commit(&spool, b"good");
+    }
+    std::fs::write(tmp.path().join(format!("{bad_id}.json")), b"{not json").unwrap();
+    std::fs::write(tmp.path().join(format!("{bad_id}.eml")), b"body").unwrap();
+    let (_, recovered) = Spool::open(tmp.path()).unwrap();
+    assert_eq!(recovered.entries, vec![good]);
+    assert_eq!(recovered.quarantined, 1);
+    assert!(
+        tmp.path()
+            .join("corrupt")
+            .join(format!("{bad_id}.json"))
+            .exists()
+    );
+    assert!(
+        tmp.path()
+            .join("corrupt")
+            .join(format!("{bad_id}.eml"))
+            .exists()
+    );
+}
+
+#[test]
+fn a_failed_commit_leaves_nothing_behind() {
+    struct FailingSync;
+    impl FileOps for FailingSync {
+        fn create(&self, path: &Path) -> io::Result<File> {
+            RealFs.create(path)
+        }
+        fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            RealFs.write(file, path, bytes)
+        }
+        fn sync(&self, _: &File, _: &Path) -> io::Result<()> {
+            Err(io::Error::other("disk on fire"))
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            RealFs.rename(from, to)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            RealFs.sync_dir(dir)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            RealFs.remove(path)
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open_with(tmp.path(), Arc::new(FailingSync)).unwrap();
+    let mut incoming = spool.receive().unwrap();
+    spool.append(&mut incoming, b"x").unwrap();
+    let err = spool.commit(incoming, envelope()).unwrap_err();
+    assert!(err.to_string().contains("disk on fire"));
+    let leftovers = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_file())
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}

@@ -1,0 +1,332 @@
+//! The session driven in memory: reply codes per step, pipelining, limits, and what reaches the
+//! spool.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+use crate::queue::EntryMeta;
+use crate::queue::scheduler::QueueHandle;
+
+struct Harness {
+    client: DuplexStream,
+    queued: UnboundedReceiver<EntryMeta>,
+    spool: Arc<Spool>,
+    _dir: tempfile::TempDir,
+    /// Bytes read but not yet returned as reply lines.
+    unread: Vec<u8>,
+}
+
+fn config() -> SmtpConfig {
+    SmtpConfig {
+        hostname: "relay.test".into(),
+        max_message_size: 1024 * 1024,
+        ..SmtpConfig::default()
+    }
+}
+
+async fn start(config: SmtpConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let spool = Arc::new(spool);
+    let (queue, queued) = QueueHandle::channel();
+    let ctx = Arc::new(SessionContext {
+        config,
+        spool: spool.clone(),
+        queue,
+    });
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    let session = Session::new(server, "127.0.0.1:40000".parse().unwrap(), ctx);
+    tokio::spawn(session.run(CancellationToken::new()));
+    let mut harness = Harness {
+        client,
+        queued,
+        spool,
+        _dir: dir,
+        unread: Vec::new(),
+    };
+    assert_eq!(
+        harness.reply().await,
+        "220 relay.test ESMTP graph-relay ready"
+    );
+    harness
+}
+
+impl Harness {
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.client.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// The next complete reply (all lines of a multi-line reply, joined with '\n').
+    async fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            while let Some(end) = self.unread.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.unread.drain(..end + 2).collect()).unwrap();
+                let line = line.trim_end().to_string();
+                let last = line.as_bytes().get(3) != Some(&b'-');
+                lines.push(line);
+                if last {
+                    return lines.join("\n");
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.client.read(&mut buf))
+                .await
+                .expect("reply within 5 s")
+                .unwrap();
+            assert!(n > 0, "session closed; got so far: {lines:?}");
+            self.unread.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    async fn expect(&mut self, command: &str, code: &str) -> String {
+        self.send(format!("{command}\r\n")).await;
+        let reply = self.reply().await;
+        assert!(
+            reply.starts_with(code),
+            "{command:?} → {reply:?}, expected {code}"
+        );
+        reply
+    }
+
+    /// EHLO, MAIL, RCPTs, DATA, body: returns the final reply.
+    async fn transaction(&mut self, from: &str, rcpts: &[&str], body: &str) -> String {
+        self.expect(&format!("MAIL FROM:<{from}>"), "250").await;
+        for rcpt in rcpts {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), "250").await;
+        }
+        self.expect("DATA", "354").await;
+        self.send(body).await;
+        self.reply().await
+    }
+
+    fn queued_id(reply: &str) -> String {
+        reply
+            .strip_prefix("250 2.0.0 Queued as ")
+            .unwrap_or_else(|| panic!("not a queued reply: {reply:?}"))
+            .to_string()
+    }
+
+    async fn next_queued(&mut self) -> EntryMeta {
+        tokio::time::timeout(Duration::from_secs(5), self.queued.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_message_is_spooled_unstuffed_with_its_envelope_before_250() {
+    let mut s = start(config()).await;
+    let ehlo = s.expect("EHLO client.test", "250").await;
+    assert!(
+        ehlo.contains("250-PIPELINING") && ehlo.contains("SIZE 1048576"),
+        "{ehlo}"
+    );
+    let reply = s
+        .transaction(
+            "scanner@example.com",
+            &["alice@example.com", "bob@example.com"],
+            "Subject: t\r\n\r\n..leading dot\r\nline\r\n.\r\n",
+        )
+        .await;
+    let id = Harness::queued_id(&reply);
+    let meta = s.next_queued().await;
+    assert_eq!(meta.id.to_string(), id);
+    assert_eq!(meta.envelope.mail_from, "scanner@example.com");
+    assert_eq!(
+        meta.envelope.rcpt_to,
+        ["alice@example.com", "bob@example.com"]
+    );
+    assert_eq!(
+        s.spool.read_body(meta.id).unwrap(),
+        b"Subject: t\r\n\r\n.leading dot\r\nline\r\n"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_recipients_are_collapsed_case_insensitively() {
+    let mut s = start(config()).await;
+    s.expect("EHLO c", "250").await;
+    s.expect("MAIL FROM:<a@example.com>", "250 2.1.0").await;
+    s.expect("RCPT TO:<Bob@Example.com>", "250 2.1.5").await;
+    s.expect("RCPT TO:<bob@example.com>", "250 2.1.5").await;
+    s.expect("DATA", "354").await;
+    s.send("x\r\n.\r\n").await;
+    s.reply().await;
+    assert_eq!(s.next_queued().await.envelope.rcpt_to, ["Bob@Example.com"]);
+}
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order() {
+    let mut s = start(config()).await;
+    s.send(
+        "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<>\r\nDATA\r\n",
+    )
+    .await;
+    assert!(s.reply().await.starts_with("250-relay.test"));
+    assert!(s.reply().await.starts_with("250 2.1.0"));
+    assert!(s.reply().await.starts_with("250 2.1.5"));
+    assert!(s.reply().await.starts_with("501"));
+    assert!(s.reply().await.starts_with("354"));
+    s.send("body\r\n.\r\nQUIT\r\n").await;
+    assert!(s.reply().await.starts_with("250 2.0.0 Queued as "));
+    assert_eq!(s.reply().await, "221 2.0.0 Bye");
+}
+
+#[tokio::test]
+async fn several_messages_on_one_connection_get_their_own_ids() {
+    let mut s = start(config()).await;
+    s.expect("HELO old-printer", "250").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let reply = s
+            .transaction(
+                "p@example.com",
+                &["a@example.com"],
+                &format!("Subject: {n}\r\n\r\n{n}\r\n.\r\n"),
+            )
+            .await;
+        ids.push(Harness::queued_id(&reply));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    for n in 0..3 {
+        let meta = s.next_queued().await;
+        let body = s.spool.read_body(meta.id).unwrap();
+        assert_eq!(body, format!("Subject: {n}\r\n\r\n{n}\r\n").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn commands_out_of_order_get_503() {
+    let mut s = start(config()).await;
+    s.expect("MAIL FROM:<a@example.com>", "503 5.5.1").await;
+    s.expect("EHLO c", "250").await;
+    s.expect("RCPT TO:<b@example.com>", "503 5.5.1").await;
+    s.expect("DATA", "503 5.5.1").await;
+    s.expect("MAIL FROM:<a@example.com>", "250").await;
+    s.expect("MAIL FROM:<a@example.com>", "503 5.5.1").await;
+    s.expect("DATA", "503 5.5.1").await;
+    s.expect("RSET", "250").await;
+    s.expect("RCPT TO:<b@example.com>", "503").await;
+    s.expect("NOOP", "250").await;
+    s.expect("FROBNICATE", "500 5.5.1").await;
+    s.expect("STARTTLS", "502 5.5.1").await;
+}
+
+#[tokio::test]
+async fn oversized_messages_get_552_and_the_session_goes_on() {
+    let mut s = start(SmtpConfig {
+        max_message_size: 100,
+        ..config()
+    })
+    .await;
+    s.expect("EHLO c", "250").await;
+    s.expect("MAIL FROM:<a@example.com> SIZE=101", "552 5.3.4")
+        .await;
+    let reply = s
+        .transaction(
+            "a@example.com",
+            &["b@example.com"],
+            &format!("{}\r\n.\r\n", "x".repeat(200)),
+        )
+        .await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    let reply = s
+        .transaction("a@example.com", &["b@example.com"], "small\r\n.\r\n")
+        .await;
+    Harness::queued_id(&reply);
+}
+
+#[tokio::test]
+async fn an_empty_message_is_answered() {
+    let mut s = start(config()).await;
+    s.expect("EHLO c", "250").await;
+    let reply = s
+        .transaction("a@example.com", &["b@example.com"], ".\r\n")
+        .await;
+    Harness::queued_id(&reply);
+    let meta = s.next_queued().await;
+    assert!(s.spool.read_body(meta.id).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn only_crlf_dot_crlf_ends_data() {
+    let mut s = start(config()).await;
+    s.expect("EHLO c", "250").await;
+    let body = "a\n.\nMAIL FROM:<x@evil.test>\r\nb\n.\r\nc\r.\r\nend\r\n.\r\n";
+    let reply = s
+        .transaction("a@example.com", &["b@example.com"], body)
+        .await;
+    Harness::queued_id(&reply);
+    let meta = s.next_queued().await;
+    assert_eq!(
+        s.spool.read_body(meta.id).unwrap(),
+        b"a\n.\nMAIL FROM:<x@evil.test>\r\nb\n.\r\nc\r.\r\nend\r\n"
+    );
+}
+
+#[tokio::test]
+async fn over_long_lines_get_500_and_the_session_goes_on() {
+    let mut s = start(config()).await;
+    s.send(format!("EHLO {}\r\n", "x".repeat(10_000))).await;
+    assert!(s.reply().await.starts_with("500 5.5.2"));
+    s.expect("EHLO c", "250").await;
+}
+
+#[tokio::test]
+async fn large_bodies_are_streamed_to_the_spool_intact() {
+    let mut s = start(config()).await;
+    s.expect("EHLO c", "250").await;
+    let line = format!("{}\r\n", "0123456789".repeat(7));
+    let body: String = line.repeat(5000);
+    let reply = s
+        .transaction("a@example.com", &["b@example.com"], &format!("{body}.\r\n"))
+        .await;
+    Harness::queued_id(&reply);
+    let meta = s.next_queued().await;
+    assert_eq!(s.spool.read_body(meta.id).unwrap(), body.as_bytes());
+}
+
+#[tokio::test]
+async fn bdat_chunks_make_one_message() {
+    let mut s = start(config()).await;
+    s.expect("EHLO c", "250").await;
+    s.expect("MAIL FROM:<a@example.com>", "250").await;
+    s.expect("RCPT TO:<b@example.com>", "250").await;
+    s.send("BDAT 5\r\nhello").await;
+    assert_eq!(s.reply().await, "250 2.0.0 5 bytes received");
+    s.send("BDAT 6 LAST\r\n world").await;
+    Harness::queued_id(&s.reply().await);
+    let meta = s.next_queued().await;
+    assert_eq!(s.spool.read_body(meta.id).unwrap(), b"hello world");
+}
+
+#[tokio::test]
+async fn shutdown_between_transactions_answers_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let (queue, _queued) = QueueHandle::channel();
+    let ctx = Arc::new(SessionContext {
+        config: config(),
+        spool: Arc::new(spool),
+        queue,
+    });
+    let (mut client, server) = tokio::io::duplex(4096);
+    let stop = CancellationToken::new();
+    let task =
+        tokio::spawn(Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx).run(stop.clone()));
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let mut text = String::new();
+    client.read_to_string(&mut text).await.unwrap();
+    assert!(
+        text.ends_with("421 4.3.0 Service shutting down, try again later\r\n"),
+        "{text}"
+    );
+}
