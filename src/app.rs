@@ -64,12 +64,12 @@ pub async fn run(
             let credentials = config.auth.credentials()?;
             let http = http_client(&config.graph).map_err(AppError::HttpClient)?;
             Outbound::Graph {
-                tokens: TokenProvider::new(
+                tokens: Box::new(TokenProvider::new(
                     http.clone(),
                     &config.auth.authority_host,
                     credentials,
                     config.auth.scope.clone(),
-                ),
+                )),
                 client: GraphClient::new(http, config.graph.endpoint.clone()),
             }
         }

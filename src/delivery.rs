@@ -28,7 +28,7 @@ pub enum Outcome {
 pub enum Outbound {
     Graph {
         client: GraphClient,
-        tokens: TokenProvider,
+        tokens: Box<TokenProvider>,
     },
     DryRun(DryRunWriter),
 }

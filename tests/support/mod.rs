@@ -1,0 +1,201 @@
+//! Test support: the relay as a child process, a raw SMTP client, and the emulator set-up shared
+//! by the end-to-end tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use graph_relay_emulator::{Emulator, EmulatorConfig};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpStream;
+
+pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_ID: &str = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb";
+pub const SECRET: &str = "Xy7~abc+def/ghi=SECRET-VALUE";
+pub const MAILBOX: &str = "scanner@contoso.com";
+
+/// An emulator that knows our app registration and one sending mailbox.
+pub async fn emulator() -> Emulator {
+    let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string()]);
+    graph_relay_emulator::start(config).await.expect("emulator starts")
+}
+
+/// Environment pointing the relay at `emulator` with valid credentials.
+pub fn graph_env(emulator: &Emulator, queue_dir: &Path) -> Vec<(String, String)> {
+    [
+        ("GRAPH_RELAY_AUTH__TENANT_ID", TENANT.to_string()),
+        ("GRAPH_RELAY_AUTH__CLIENT_ID", CLIENT_ID.to_string()),
+        ("GRAPH_RELAY_AUTH__CLIENT_SECRET", SECRET.to_string()),
+        ("GRAPH_RELAY_AUTH__AUTHORITY_HOST", emulator.url()),
+        ("GRAPH_RELAY_GRAPH__ENDPOINT", emulator.graph_endpoint()),
+        ("GRAPH_RELAY_QUEUE__DIR", queue_dir.display().to_string()),
+        ("GRAPH_RELAY_QUEUE__RETRY_INITIAL", "1s".to_string()),
+        ("GRAPH_RELAY_QUEUE__RETRY_MAX", "2s".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The relay binary running as a child process; killed (SIGKILL) when dropped.
+pub struct Relay {
+    child: Child,
+    pub smtp: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Relay {
+    /// Starts `graph-relay <args>` with exactly `env` (plus an ephemeral SMTP port) and waits
+    /// until it reports its listener.
+    pub fn start(args: &[&str], env: &[(String, String)]) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("GRAPH_RELAY_SMTP__LISTEN", "127.0.0.1:0")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("relay binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("SMTP listener bound") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|word| word.strip_prefix("address="))
+                        .and_then(|addr| addr.parse::<SocketAddr>().ok());
+                    let _ = addr_tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let smtp = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                panic!("relay did not report its listener:\n{}", log.lock().unwrap());
+            }
+        };
+        Relay { child, smtp, log }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no shutdown, no flushing, as in a crash.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Let the reader thread drain the pipe.
+        std::thread::sleep(Duration::from_millis(50));
+        self.logs()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the relay binary to completion: (exit code, stdout, stderr).
+pub fn run_relay(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("relay binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A plain SMTP conversation over TCP, one command and reply at a time.
+pub struct SmtpClient {
+    reader: AsyncBufReader<TcpStream>,
+}
+
+impl SmtpClient {
+    pub async fn connect(addr: SocketAddr) -> SmtpClient {
+        let stream = TcpStream::connect(addr).await.expect("relay accepts");
+        let mut client = SmtpClient {
+            reader: AsyncBufReader::new(stream),
+        };
+        let greeting = client.reply().await;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        client
+    }
+
+    /// The next reply, multi-line replies joined.
+    pub async fn reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+                .await
+                .expect("reply within 10 s")
+                .expect("read");
+            assert!(n > 0, "connection closed after {reply:?}");
+            reply.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return reply.trim_end().to_string();
+            }
+        }
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.reader.get_mut().write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// Sends one command line and checks the reply code.
+    pub async fn command(&mut self, line: &str, code: &str) -> String {
+        self.send(&format!("{line}\r\n")).await;
+        let reply = self.reply().await;
+        assert!(reply.starts_with(code), "{line:?} → {reply:?}");
+        reply
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), including NUL and high bytes.
+pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
