@@ -181,7 +181,7 @@ async fn three_messages_on_one_connection_each_arrive_once() {
 #[tokio::test]
 async fn acknowledged_message_survives_a_crash_and_arrives_once() {
     let emulator = emulator().await;
-    emulator.inject(graph_relay_emulator::Fault::graph(503, usize::MAX, None));
+    emulator.inject(graph_relay_emulator::Fault::graph(503, usize::MAX));
     let spool = tempfile::tempdir().unwrap();
     let env = graph_env(&emulator, spool.path());
     let relay = Relay::start(&["serve"], &env);

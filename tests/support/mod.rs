@@ -199,3 +199,15 @@ pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The JSON sendMail bodies the emulator accepted, with the mailbox each was sent as.
+pub fn accepted_messages(emulator: &Emulator) -> Vec<(String, serde_json::Value)> {
+    emulator
+        .accepted()
+        .into_iter()
+        .map(|mail| match mail.content {
+            graph_relay_emulator::MailContent::Json(body) => (mail.mailbox, body["message"].clone()),
+            graph_relay_emulator::MailContent::Mime(_) => panic!("expected a JSON sendMail"),
+        })
+        .collect()
+}
