@@ -48,6 +48,19 @@ fn cases() -> Vec<Case> {
             }}),
         },
         Case {
+            name: "ISO-8859-1 quoted-printable body and RFC 2047 From name",
+            raw: fixture!("latin1-body.eml"),
+            mail_from: "",
+            rcpt_to: &["bob@example.net"],
+            sender: "juergen@example.com",
+            request: json!({"message": {
+                "subject": "Latin-1 body",
+                "body": {"contentType": "Text", "content": "Grüße, Café und Brötchen\r\n"},
+                "from": {"emailAddress": {"name": "Jürgen Bäcker", "address": "juergen@example.com"}},
+                "toRecipients": [{"emailAddress": {"address": "bob@example.net"}}],
+            }}),
+        },
+        Case {
             name: "HTML only",
             raw: fixture!("html-only.eml"),
             mail_from: "alice@example.com",
