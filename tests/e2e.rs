@@ -48,10 +48,10 @@ async fn lettre_message_arrives_envelope_exact_with_attachment_intact() {
         .multipart(
             MultiPart::mixed()
                 .singlepart(SinglePart::plain("Your scan is attached.".to_string()))
-                .singlepart(
-                    Attachment::new("Résumé – scan.bin".to_string())
-                        .body(data.clone(), ContentType::parse("application/octet-stream").unwrap()),
-                ),
+                .singlepart(Attachment::new("Résumé – scan.bin".to_string()).body(
+                    data.clone(),
+                    ContentType::parse("application/octet-stream").unwrap(),
+                )),
         )
         .unwrap();
     let envelope = Envelope::new(
@@ -66,8 +66,14 @@ async fn lettre_message_arrives_envelope_exact_with_attachment_intact() {
     let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(relay.smtp.port())
         .build();
-    let response = transport.send_raw(&envelope, &message.formatted()).await.unwrap();
-    assert!(response.message().any(|line| line.contains("Queued as")), "{response:?}");
+    let response = transport
+        .send_raw(&envelope, &message.formatted())
+        .await
+        .unwrap();
+    assert!(
+        response.message().any(|line| line.contains("Queued as")),
+        "{response:?}"
+    );
 
     assert!(
         emulator.wait_for_accepted(1, Duration::from_secs(15)).await,
@@ -81,7 +87,10 @@ async fn lettre_message_arrives_envelope_exact_with_attachment_intact() {
     assert_eq!(message["subject"], "Scan 42");
     assert_eq!(addresses(message, "toRecipients"), ["alice@example.com"]);
     assert_eq!(addresses(message, "ccRecipients"), ["carol@example.com"]);
-    assert_eq!(addresses(message, "bccRecipients"), ["bcc-only@example.com"]);
+    assert_eq!(
+        addresses(message, "bccRecipients"),
+        ["bcc-only@example.com"]
+    );
     let attachments = message["attachments"].as_array().unwrap();
     assert_eq!(attachments.len(), 1);
     assert_eq!(attachments[0]["name"], "Résumé – scan.bin");
@@ -91,8 +100,14 @@ async fn lettre_message_arrives_envelope_exact_with_attachment_intact() {
 /// (a) Python's smtplib with an RFC 2231 filename.
 #[tokio::test]
 async fn python_smtplib_message_arrives_envelope_exact_with_attachment_intact() {
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
-        println!("SKIPPED: python_smtplib_message_arrives_envelope_exact_with_attachment_intact needs python3");
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!(
+            "SKIPPED: python_smtplib_message_arrives_envelope_exact_with_attachment_intact needs python3"
+        );
         return;
     }
     let emulator = emulator().await;
@@ -121,7 +136,13 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
     assert not refused, refused
 "#;
     let status = std::process::Command::new("python3")
-        .args(["-c", script, &relay.smtp.port().to_string(), file.to_str().unwrap(), MAILBOX])
+        .args([
+            "-c",
+            script,
+            &relay.smtp.port().to_string(),
+            file.to_str().unwrap(),
+            MAILBOX,
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -160,14 +181,23 @@ async fn three_messages_on_one_connection_each_arrive_once() {
         ))
         .await;
         let reply = smtp.reply().await;
-        ids.push(reply.strip_prefix("250 2.0.0 Queued as ").unwrap().to_string());
+        ids.push(
+            reply
+                .strip_prefix("250 2.0.0 Queued as ")
+                .unwrap()
+                .to_string(),
+        );
     }
     smtp.command("QUIT", "221").await;
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "each message has its own id");
 
-    assert!(emulator.wait_for_accepted(3, Duration::from_secs(15)).await, "{}", relay.logs());
+    assert!(
+        emulator.wait_for_accepted(3, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut subjects: Vec<String> = accepted_messages(&emulator)
         .iter()
@@ -191,7 +221,10 @@ async fn acknowledged_message_survives_a_crash_and_arrives_once() {
     smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
     smtp.command("RCPT TO:<alice@example.com>", "250").await;
     smtp.command("DATA", "354").await;
-    smtp.send(&format!("From: {MAILBOX}\r\nSubject: survive\r\n\r\nx\r\n.\r\n")).await;
+    smtp.send(&format!(
+        "From: {MAILBOX}\r\nSubject: survive\r\n\r\nx\r\n.\r\n"
+    ))
+    .await;
     assert!(smtp.reply().await.starts_with("250 2.0.0 Queued as "));
 
     assert!(
@@ -227,11 +260,19 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
     smtp.command("MAIL FROM:<app@example.com>", "250").await;
     smtp.command("RCPT TO:<alice@example.com>", "250").await;
     smtp.command("DATA", "354").await;
-    smtp.send("From: app@example.com\r\nSubject: dry\r\n\r\nx\r\n.\r\n").await;
+    smtp.send("From: app@example.com\r\nSubject: dry\r\n\r\nx\r\n.\r\n")
+        .await;
     let reply = smtp.reply().await;
-    let id = reply.strip_prefix("250 2.0.0 Queued as ").unwrap().to_string();
+    let id = reply
+        .strip_prefix("250 2.0.0 Queued as ")
+        .unwrap()
+        .to_string();
     let file = out.path().join(format!("{id}.json"));
-    assert!(eventually(Duration::from_secs(10), || file.exists()).await, "{}", relay.logs());
+    assert!(
+        eventually(Duration::from_secs(10), || file.exists()).await,
+        "{}",
+        relay.logs()
+    );
     let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(written["queue_id"], id.as_str());
     assert_eq!(written["method"], "POST");
@@ -239,7 +280,10 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
     assert_eq!(written["content_type"], "application/json");
     assert_eq!(written["body"]["message"]["subject"], "dry");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     relay.kill();
 
     // An entry acknowledged but not yet written when the relay stopped.
@@ -247,7 +291,10 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
         let (spool, _) = graph_relay::queue::Spool::open(&out.path().join(".queue")).unwrap();
         let mut incoming = spool.receive().unwrap();
         spool
-            .append(&mut incoming, b"From: app@example.com\r\nSubject: after restart\r\n\r\nx\r\n")
+            .append(
+                &mut incoming,
+                b"From: app@example.com\r\nSubject: after restart\r\n\r\nx\r\n",
+            )
             .unwrap();
         let envelope = graph_relay::queue::Envelope {
             mail_from: "app@example.com".into(),
@@ -259,7 +306,11 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
     };
     let relay = Relay::start(&["serve", "--dry-run", dir], &[]);
     let file = out.path().join(format!("{queued_id}.json"));
-    assert!(eventually(Duration::from_secs(10), || file.exists()).await, "{}", relay.logs());
+    assert!(
+        eventually(Duration::from_secs(10), || file.exists()).await,
+        "{}",
+        relay.logs()
+    );
     let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(written["body"]["message"]["subject"], "after restart");
 }
@@ -276,7 +327,10 @@ async fn bad_configuration_exits_78_and_secrets_never_leak() {
 
     let (code, _, stderr) = run_relay(&["serve"], &[]);
     assert_eq!(code, 78, "serve without credentials must refuse: {stderr}");
-    assert!(stderr.contains("auth.tenant_id") && stderr.contains("--dry-run"), "{stderr}");
+    assert!(
+        stderr.contains("auth.tenant_id") && stderr.contains("--dry-run"),
+        "{stderr}"
+    );
 
     let emulator = emulator().await;
     let spool = tempfile::tempdir().unwrap();
@@ -293,11 +347,17 @@ async fn bad_configuration_exits_78_and_secrets_never_leak() {
     env_wrong.push(("GRAPH_RELAY_AUTH__CLIENT_SECRET".into(), wrong.into()));
     env_wrong.retain(|(k, _)| k != "GRAPH_RELAY_QUEUE__DIR");
     let spool_wrong = tempfile::tempdir().unwrap();
-    env_wrong.push(("GRAPH_RELAY_QUEUE__DIR".into(), spool_wrong.path().display().to_string()));
+    env_wrong.push((
+        "GRAPH_RELAY_QUEUE__DIR".into(),
+        spool_wrong.path().display().to_string(),
+    ));
     let relay = Relay::start(&["serve"], &env_wrong);
     send_simple(relay.smtp, "wrong secret").await;
     assert!(
-        eventually(Duration::from_secs(10), || relay.logs().contains("AADSTS7000215")).await,
+        eventually(Duration::from_secs(10), || relay
+            .logs()
+            .contains("AADSTS7000215"))
+        .await,
         "{}",
         relay.logs()
     );
@@ -307,7 +367,11 @@ async fn bad_configuration_exits_78_and_secrets_never_leak() {
     // The right secret, a delivered message: neither the secret nor the token is logged.
     let relay = Relay::start(&["serve"], &env);
     send_simple(relay.smtp, "right secret").await;
-    assert!(emulator.wait_for_accepted(1, Duration::from_secs(15)).await, "{}", relay.logs());
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
     let logs = relay.kill();
     assert!(!logs.contains(SECRET), "secret in logs:\n{logs}");
     assert!(!logs.contains("eyJ"), "token in logs:\n{logs}");
@@ -319,7 +383,10 @@ async fn send_simple(addr: std::net::SocketAddr, subject: &str) {
     smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
     smtp.command("RCPT TO:<alice@example.com>", "250").await;
     smtp.command("DATA", "354").await;
-    smtp.send(&format!("From: {MAILBOX}\r\nSubject: {subject}\r\n\r\nx\r\n.\r\n")).await;
+    smtp.send(&format!(
+        "From: {MAILBOX}\r\nSubject: {subject}\r\n\r\nx\r\n.\r\n"
+    ))
+    .await;
     assert!(smtp.reply().await.starts_with("250 2.0.0 Queued as "));
     smtp.command("QUIT", "221").await;
 }

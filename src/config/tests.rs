@@ -11,7 +11,10 @@ use super::*;
 const DOCUMENTED: &str = include_str!("../../config/graph-relay.toml");
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -30,10 +33,10 @@ fn documented_keys() -> BTreeSet<String> {
         let line = line.trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_string();
-        } else if let Some((key, _)) = line.trim_start_matches('#').split_once(" = ") {
-            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                keys.insert(format!("{section}.{key}"));
-            }
+        } else if let Some((key, _)) = line.trim_start_matches('#').split_once(" = ")
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            keys.insert(format!("{section}.{key}"));
         }
     }
     keys
@@ -75,7 +78,10 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
         uncommented
             .replace("#client_secret = \"\"", "")
             .replace("client_secret = \"\"", "")
-            .replace("/etc/graph-relay/client-secret", secret_file.to_str().unwrap()),
+            .replace(
+                "/etc/graph-relay/client-secret",
+                secret_file.to_str().unwrap(),
+            ),
     )
     .unwrap();
     let config = Config::load(&Sources {
@@ -84,7 +90,15 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
         dry_run: None,
     })
     .unwrap();
-    assert_eq!(config.auth.credentials().unwrap().client_secret.expose_secret(), "from-file");
+    assert_eq!(
+        config
+            .auth
+            .credentials()
+            .unwrap()
+            .client_secret
+            .expose_secret(),
+        "from-file"
+    );
 }
 
 #[test]
@@ -96,18 +110,30 @@ fn every_documented_key_can_be_set_from_the_environment() {
     type Check = fn(&Config) -> bool;
     // (key, environment value, what the loaded configuration must then hold)
     let table: Vec<(&str, &str, Check)> = vec![
-        ("smtp.listen", "127.0.0.1:2626", |c| c.smtp.listen.port() == 2626),
-        ("smtp.hostname", "relay.example", |c| c.smtp.hostname == "relay.example"),
-        ("smtp.max_message_size", "1000", |c| c.smtp.max_message_size == 1000),
+        ("smtp.listen", "127.0.0.1:2626", |c| {
+            c.smtp.listen.port() == 2626
+        }),
+        ("smtp.hostname", "relay.example", |c| {
+            c.smtp.hostname == "relay.example"
+        }),
+        ("smtp.max_message_size", "1000", |c| {
+            c.smtp.max_message_size == 1000
+        }),
         ("smtp.max_recipients", "50", |c| c.smtp.max_recipients == 50),
-        ("smtp.idle_timeout", "45s", |c| c.smtp.idle_timeout == Duration::from_secs(45)),
-        ("http.listen", "127.0.0.1:9926", |c| c.http.listen.port() == 9926),
+        ("smtp.idle_timeout", "45s", |c| {
+            c.smtp.idle_timeout == Duration::from_secs(45)
+        }),
+        ("http.listen", "127.0.0.1:9926", |c| {
+            c.http.listen.port() == 9926
+        }),
         ("auth.tenant_id", "contoso.onmicrosoft.com", |c| {
             c.auth.tenant_id.as_deref() == Some("contoso.onmicrosoft.com")
         }),
-        ("auth.client_id", "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb", |c| {
-            c.auth.client_id.as_deref() == Some("aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb")
-        }),
+        (
+            "auth.client_id",
+            "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb",
+            |c| c.auth.client_id.as_deref() == Some("aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"),
+        ),
         ("auth.client_secret", "", |_| true), // exclusive with the file; checked below
         ("auth.client_secret_file", secret_path, |c| {
             c.auth
@@ -124,17 +150,29 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("graph.endpoint", "http://[::1]:8080/v1.0", |c| {
             c.graph.endpoint.as_str() == "http://[::1]:8080/v1.0"
         }),
-        ("graph.connect_timeout", "3s", |c| c.graph.connect_timeout == Duration::from_secs(3)),
-        ("graph.request_timeout", "1m", |c| c.graph.request_timeout == Duration::from_secs(60)),
+        ("graph.connect_timeout", "3s", |c| {
+            c.graph.connect_timeout == Duration::from_secs(3)
+        }),
+        ("graph.request_timeout", "1m", |c| {
+            c.graph.request_timeout == Duration::from_secs(60)
+        }),
         ("queue.dir", "/tmp/graph-relay-test-spool", |c| {
             c.queue.dir() == Path::new("/tmp/graph-relay-test-spool")
         }),
         ("queue.concurrency", "16", |c| c.queue.concurrency == 16),
-        ("queue.retry_initial", "2s", |c| c.queue.retry_initial == Duration::from_secs(2)),
-        ("queue.retry_max", "10m", |c| c.queue.retry_max == Duration::from_secs(600)),
+        ("queue.retry_initial", "2s", |c| {
+            c.queue.retry_initial == Duration::from_secs(2)
+        }),
+        ("queue.retry_max", "10m", |c| {
+            c.queue.retry_max == Duration::from_secs(600)
+        }),
     ];
     let table_keys: BTreeSet<String> = table.iter().map(|(key, ..)| key.to_string()).collect();
-    assert_eq!(table_keys, documented_keys(), "the table must cover every documented key");
+    assert_eq!(
+        table_keys,
+        documented_keys(),
+        "the table must cover every documented key"
+    );
 
     let vars: Vec<(String, String)> = table
         .iter()
@@ -142,7 +180,11 @@ fn every_documented_key_can_be_set_from_the_environment() {
         .map(|(key, value, _)| {
             let (section, name) = key.split_once('.').unwrap();
             (
-                format!("GRAPH_RELAY_{}__{}", section.to_uppercase(), name.to_uppercase()),
+                format!(
+                    "GRAPH_RELAY_{}__{}",
+                    section.to_uppercase(),
+                    name.to_uppercase()
+                ),
                 value.to_string(),
             )
         })
@@ -161,9 +203,15 @@ fn defaults_follow_the_architecture() {
     let config = load(&[]).unwrap();
     assert_eq!(config.smtp.listen.to_string(), "127.0.0.1:2525");
     assert_eq!(config.http.listen.to_string(), "127.0.0.1:9925");
-    assert_eq!(config.auth.authority_host.as_str(), "https://login.microsoftonline.com/");
+    assert_eq!(
+        config.auth.authority_host.as_str(),
+        "https://login.microsoftonline.com/"
+    );
     assert_eq!(config.auth.scope, "https://graph.microsoft.com/.default");
-    assert_eq!(config.graph.endpoint.as_str(), "https://graph.microsoft.com/v1.0");
+    assert_eq!(
+        config.graph.endpoint.as_str(),
+        "https://graph.microsoft.com/v1.0"
+    );
     assert_eq!(config.queue.dir(), Path::new("/var/spool/graph-relay"));
 }
 
@@ -190,24 +238,66 @@ fn queue_dir_falls_back_to_state_directory_then_dry_run() {
 #[test]
 fn bad_values_name_their_key() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("GRAPH_RELAY_SMTP__LISTEN", "not-an-address")], "smtp.listen"),
-        (&[("GRAPH_RELAY_SMTP__MAX_RECIPIENTS", "501")], "smtp.max_recipients"),
-        (&[("GRAPH_RELAY_SMTP__MAX_MESSAGE_SIZE", "0")], "smtp.max_message_size"),
-        (&[("GRAPH_RELAY_SMTP__IDLE_TIMEOUT", "soon")], "smtp.idle_timeout"),
-        (&[("GRAPH_RELAY_GRAPH__ENDPOINT", "http://graph.example.com/v1.0")], "graph.endpoint"),
-        (&[("GRAPH_RELAY_AUTH__AUTHORITY_HOST", "ftp://127.0.0.1")], "auth.authority_host"),
-        (&[("GRAPH_RELAY_AUTH__SCOPE", "https://graph.microsoft.com/Mail.Send")], "auth.scope"),
-        (&[("GRAPH_RELAY_AUTH__TENANT_ID", "common")], "auth.tenant_id"),
+        (
+            &[("GRAPH_RELAY_SMTP__LISTEN", "not-an-address")],
+            "smtp.listen",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__MAX_RECIPIENTS", "501")],
+            "smtp.max_recipients",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__MAX_MESSAGE_SIZE", "0")],
+            "smtp.max_message_size",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__IDLE_TIMEOUT", "soon")],
+            "smtp.idle_timeout",
+        ),
+        (
+            &[(
+                "GRAPH_RELAY_GRAPH__ENDPOINT",
+                "http://graph.example.com/v1.0",
+            )],
+            "graph.endpoint",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__AUTHORITY_HOST", "ftp://127.0.0.1")],
+            "auth.authority_host",
+        ),
+        (
+            &[(
+                "GRAPH_RELAY_AUTH__SCOPE",
+                "https://graph.microsoft.com/Mail.Send",
+            )],
+            "auth.scope",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__TENANT_ID", "common")],
+            "auth.tenant_id",
+        ),
         (&[("GRAPH_RELAY_AUTH__TENANT_ID", "a b")], "auth.tenant_id"),
-        (&[("GRAPH_RELAY_AUTH__CLIENT_SECRET_FILE", "/nonexistent/secret")], "auth.client_secret_file"),
-        (&[("GRAPH_RELAY_QUEUE__CONCURRENCY", "0")], "queue.concurrency"),
+        (
+            &[(
+                "GRAPH_RELAY_AUTH__CLIENT_SECRET_FILE",
+                "/nonexistent/secret",
+            )],
+            "auth.client_secret_file",
+        ),
+        (
+            &[("GRAPH_RELAY_QUEUE__CONCURRENCY", "0")],
+            "queue.concurrency",
+        ),
         (&[("GRAPH_RELAY_QUEUE__RETRY_MAX", "1s")], "queue.retry_max"),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
     ];
     for (pairs, key) in cases {
         let err = load(pairs).expect_err(&format!("{pairs:?} must be refused"));
         let text = err.to_string();
-        assert!(text.contains(key), "{pairs:?}: {text:?} does not name {key}");
+        assert!(
+            text.contains(key),
+            "{pairs:?}: {text:?} does not name {key}"
+        );
     }
 }
 
@@ -215,7 +305,10 @@ fn bad_values_name_their_key() {
 fn missing_credentials_are_named() {
     let config = load(&[("GRAPH_RELAY_AUTH__CLIENT_ID", "c")]).unwrap();
     let text = config.auth.credentials().unwrap_err().to_string();
-    assert!(text.contains("auth.tenant_id") && text.contains("auth.client_secret"), "{text}");
+    assert!(
+        text.contains("auth.tenant_id") && text.contains("auth.client_secret"),
+        "{text}"
+    );
     assert!(!text.contains("auth.client_id,"), "{text}");
 }
 
@@ -228,8 +321,14 @@ fn printed_configuration_redacts_the_secret() {
     .unwrap();
     let printed = config.to_redacted_toml();
     assert!(!printed.contains("Xy7~very-secret"), "{printed}");
-    assert!(printed.contains("client_secret = \"<redacted>\""), "{printed}");
+    assert!(
+        printed.contains("client_secret = \"<redacted>\""),
+        "{printed}"
+    );
     let dir = std::env::current_dir().unwrap().join("relative/spool");
-    assert!(printed.contains(dir.to_str().unwrap()), "paths are absolute: {printed}");
+    assert!(
+        printed.contains(dir.to_str().unwrap()),
+        "paths are absolute: {printed}"
+    );
     assert!(!format!("{config:?}").contains("Xy7~very-secret"));
 }

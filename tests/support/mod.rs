@@ -21,7 +21,9 @@ pub const MAILBOX: &str = "scanner@contoso.com";
 pub async fn emulator() -> Emulator {
     let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
     config.mailboxes = Some(vec![MAILBOX.to_string()]);
-    graph_relay_emulator::start(config).await.expect("emulator starts")
+    graph_relay_emulator::start(config)
+        .await
+        .expect("emulator starts")
 }
 
 /// Environment pointing the relay at `emulator` with valid credentials.
@@ -86,7 +88,10 @@ impl Relay {
             Ok(Some(addr)) => addr,
             _ => {
                 let _ = child.kill();
-                panic!("relay did not report its listener:\n{}", log.lock().unwrap());
+                panic!(
+                    "relay did not report its listener:\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
         Relay { child, smtp, log }
@@ -164,7 +169,11 @@ impl SmtpClient {
     }
 
     pub async fn send(&mut self, text: &str) {
-        self.reader.get_mut().write_all(text.as_bytes()).await.unwrap();
+        self.reader
+            .get_mut()
+            .write_all(text.as_bytes())
+            .await
+            .unwrap();
     }
 
     /// Sends one command line and checks the reply code.
@@ -206,7 +215,9 @@ pub fn accepted_messages(emulator: &Emulator) -> Vec<(String, serde_json::Value)
         .accepted()
         .into_iter()
         .map(|mail| match mail.content {
-            graph_relay_emulator::MailContent::Json(body) => (mail.mailbox, body["message"].clone()),
+            graph_relay_emulator::MailContent::Json(body) => {
+                (mail.mailbox, body["message"].clone())
+            }
             graph_relay_emulator::MailContent::Mime(_) => panic!("expected a JSON sendMail"),
         })
         .collect()
