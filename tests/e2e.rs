@@ -390,3 +390,228 @@ async fn send_simple(addr: std::net::SocketAddr, subject: &str) {
     assert!(smtp.reply().await.starts_with("250 2.0.0 Queued as "));
     smtp.command("QUIT", "221").await;
 }
+
+/// Runs an external SMTP client against a relay wired to the emulator and checks that the
+/// emulator got `expected` messages; prints SKIPPED when the tool is missing.
+async fn deliver_with_tool(test: &str, tool: &str, args: &[&str], expected: usize) {
+    let Some(program) = find_tool(tool) else {
+        println!("SKIPPED: {test} needs {tool}");
+        return;
+    };
+    let emulator = emulator().await;
+    let spool = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
+    let server = relay.smtp.to_string();
+    let args: Vec<String> = args
+        .iter()
+        .map(|arg| arg.replace("{server}", &server))
+        .collect();
+    let output = tokio::process::Command::new(program)
+        .args(&args)
+        .current_dir(spool.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{tool} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        emulator
+            .wait_for_accepted(expected, Duration::from_secs(15))
+            .await,
+        "{tool}: not delivered; relay log:\n{}",
+        relay.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let accepted = accepted_messages(&emulator);
+    assert_eq!(
+        accepted.len(),
+        expected,
+        "{tool}: each message exactly once"
+    );
+    for (mailbox, message) in accepted {
+        assert_eq!(mailbox, MAILBOX);
+        assert_eq!(addresses(&message, "toRecipients"), ["alice@example.com"]);
+    }
+}
+
+#[tokio::test]
+async fn swaks_with_pipelining_delivers() {
+    let server = "{server}";
+    deliver_with_tool(
+        "swaks_with_pipelining_delivers",
+        "swaks",
+        &[
+            "--server",
+            server,
+            "--from",
+            MAILBOX,
+            "--to",
+            "alice@example.com",
+            "--pipeline",
+            "--header",
+            "Subject: from swaks",
+            "--body",
+            "hello",
+        ],
+        1,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postfix_smtp_source_saying_only_helo_delivers_on_one_connection() {
+    // -c: count, -m 3: three messages over one session, HELO (no -e/ESMTP flags).
+    deliver_with_tool(
+        "postfix_smtp_source_saying_only_helo_delivers_on_one_connection",
+        "smtp-source",
+        &[
+            "-m",
+            "3",
+            "-f",
+            MAILBOX,
+            "-t",
+            "alice@example.com",
+            "{server}",
+        ],
+        3,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn curl_delivers() {
+    let mail =
+        format!("From: {MAILBOX}\r\nTo: alice@example.com\r\nSubject: from curl\r\n\r\nhello\r\n");
+    let file = std::env::temp_dir().join(format!("graph-relay-curl-{}.eml", std::process::id()));
+    std::fs::write(&file, mail).unwrap();
+    let url = "smtp://{server}";
+    deliver_with_tool(
+        "curl_delivers",
+        "curl",
+        &[
+            "-sS",
+            "--url",
+            url,
+            "--mail-from",
+            MAILBOX,
+            "--mail-rcpt",
+            "alice@example.com",
+            "--upload-file",
+            file.to_str().unwrap(),
+        ],
+        1,
+    )
+    .await;
+    let _ = std::fs::remove_file(file);
+}
+
+/// Concurrent deliveries share one token request (moka's single flight).
+#[tokio::test]
+async fn concurrent_token_requests_cost_one_fetch() {
+    use graph_relay::config::ClientCredentials;
+    use graph_relay::graph::token::TokenProvider;
+
+    let emulator = emulator().await;
+    let provider = std::sync::Arc::new(TokenProvider::new(
+        reqwest::Client::new(),
+        &emulator.url().parse().unwrap(),
+        ClientCredentials {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT_ID.into(),
+            client_secret: SECRET.to_string().into(),
+        },
+        "https://graph.microsoft.com/.default".into(),
+    ));
+    let waiters: Vec<_> = (0..50)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.token().await.map(|t| t.secret().to_string()) })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for waiter in waiters {
+        tokens.push(waiter.await.unwrap().unwrap());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "every caller got the same token");
+    assert_eq!(emulator.token_requests(), 1);
+}
+
+/// A token Graph no longer accepts (401) is dropped, a new one fetched, and the message sent.
+#[tokio::test]
+async fn revoked_token_is_replaced_after_graph_401() {
+    let emulator = emulator().await;
+    let spool = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
+    send_simple(relay.smtp, "before revocation").await;
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+    assert_eq!(emulator.token_requests(), 1);
+
+    emulator.revoke_tokens();
+    send_simple(relay.smtp, "after revocation").await;
+    assert!(
+        emulator.wait_for_accepted(2, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+    assert_eq!(emulator.token_requests(), 2);
+    assert!(emulator.rejected().iter().any(|r| r.status == 401));
+}
+
+/// Graph's permanent refusal moves the message to failed/ with the reason; nothing is retried.
+#[tokio::test]
+async fn refused_message_moves_to_failed_with_the_reason() {
+    let emulator = emulator().await;
+    let spool = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO c", "250").await;
+    smtp.command("MAIL FROM:<nobody@contoso.com>", "250").await;
+    smtp.command("RCPT TO:<alice@example.com>", "250").await;
+    smtp.command("DATA", "354").await;
+    smtp.send("From: nobody@contoso.com\r\nSubject: unknown mailbox\r\n\r\nx\r\n.\r\n")
+        .await;
+    let reply = smtp.reply().await;
+    let id = reply
+        .strip_prefix("250 2.0.0 Queued as ")
+        .unwrap()
+        .to_string();
+
+    let failed_meta = spool.path().join("failed").join(format!("{id}.json"));
+    assert!(
+        eventually(Duration::from_secs(15), || failed_meta.exists()).await,
+        "{}",
+        relay.logs()
+    );
+    let meta: Value = serde_json::from_slice(&std::fs::read(&failed_meta).unwrap()).unwrap();
+    let reason = meta["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("404") && reason.contains("ErrorInvalidUser"),
+        "{reason}"
+    );
+    assert!(
+        spool
+            .path()
+            .join("failed")
+            .join(format!("{id}.eml"))
+            .exists()
+    );
+    assert!(
+        !spool.path().join(format!("{id}.json")).exists(),
+        "left the live queue"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        emulator.rejected().len(),
+        1,
+        "a permanent refusal is not retried"
+    );
+}

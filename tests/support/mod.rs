@@ -222,3 +222,12 @@ pub fn accepted_messages(emulator: &Emulator) -> Vec<(String, serde_json::Value)
         })
         .collect()
 }
+
+/// The path of an external tool (PATH, then the sbin directories where Debian puts Postfix's).
+pub fn find_tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+}
