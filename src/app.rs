@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,13 +52,17 @@ pub enum AppError {
     DryRunDir(#[source] std::io::Error),
 }
 
-/// Runs the relay until `shutdown` completes.
+/// Re-reads the configuration from where it first came from (file and environment).
+pub type Reload = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// Runs the relay until `shutdown` completes; SIGHUP applies `reload`'s configuration.
 ///
 /// # Errors
 /// Missing credentials, an unusable spool or listen address; all before anything is accepted.
 pub async fn run(
     config: Config,
     mode: Mode,
+    reload: Reload,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let outbound = match &mode {
@@ -98,25 +104,28 @@ pub async fn run(
         config.queue.retry_max,
     );
 
-    let listener = TcpListener::bind(config.smtp.listen)
+    let listen = config.smtp.listen;
+    let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| AppError::Bind {
-            addr: config.smtp.listen,
+            addr: listen,
             source,
         })?;
     let address = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: config.smtp.listen,
+        addr: listen,
         source,
     })?;
     tracing::info!(%address, mode = ?mode, "SMTP listener bound");
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let ctx = Arc::new(SessionContext {
-        config: config.smtp.clone(),
+        config: config_rx,
         spool,
         queue,
     });
+    tasks.spawn(reload_on_sighup(reload, config_tx, stop.clone()));
     tasks.spawn(scheduler.run(recovered.entries, stop.clone(), tasks.clone()));
     tasks.spawn(Listener::new(listener, ctx).run(stop.clone(), tasks.clone()));
 
@@ -136,10 +145,66 @@ pub async fn run(
     Ok(())
 }
 
+/// The one reload mechanism: on SIGHUP the configuration is loaded and validated again and, if
+/// valid, published to every part that watches it (new SMTP sessions use the new `[smtp]`
+/// limits). Sections that are only read at start are named in a warning.
+async fn reload_on_sighup(
+    reload: Reload,
+    config: watch::Sender<Arc<Config>>,
+    stop: CancellationToken,
+) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; reload needs a restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = hangup.recv() => {}
+        }
+        match reload() {
+            Ok(new) => {
+                let restart_needed = sections_needing_restart(&config.borrow(), &new);
+                if !restart_needed.is_empty() {
+                    tracing::warn!(
+                        sections = ?restart_needed,
+                        "configuration reloaded; changes in these sections take effect after a restart"
+                    );
+                }
+                config.send_replace(Arc::new(new));
+                tracing::info!("configuration reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reload refused; the running configuration stays");
+            }
+        }
+    }
+}
+
+/// Sections whose values are read once at start (everything but `[smtp]` so far).
+fn sections_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let section = |config: &Config, name: &str| {
+        serde_json::to_value(config)
+            .map(|value| value[name].clone())
+            .ok()
+    };
+    let mut changed: Vec<&'static str> = ["http", "auth", "graph", "queue"]
+        .into_iter()
+        .filter(|name| section(old, name) != section(new, name))
+        .collect();
+    if old.smtp.listen != new.smtp.listen {
+        changed.push("smtp.listen");
+    }
+    changed
+}
+
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        match signal(SignalKind::terminate()) {
             Ok(mut signal) => {
                 signal.recv().await;
             }

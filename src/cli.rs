@@ -62,14 +62,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { dry_run } => {
             let dry_run = dry_run.map(std::path::absolute).transpose()?;
-            let config = Config::load(&Sources {
-                file: cli.config.as_deref(),
-                env: &env,
-                dry_run: dry_run.as_deref(),
-            })?;
-            let mode = dry_run.map_or(Mode::Graph, Mode::DryRun);
+            let mode = dry_run.clone().map_or(Mode::Graph, Mode::DryRun);
+            let load = move || {
+                Config::load(&Sources {
+                    file: cli.config.as_deref(),
+                    env: &env,
+                    dry_run: dry_run.as_deref(),
+                })
+            };
+            let config = load()?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(app::run(config, mode, app::shutdown_signal()))?;
+            runtime.block_on(app::run(
+                config,
+                mode,
+                Box::new(load),
+                app::shutdown_signal(),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {

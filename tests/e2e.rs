@@ -615,3 +615,61 @@ async fn refused_message_moves_to_failed_with_the_reason() {
         "a permanent refusal is not retried"
     );
 }
+
+/// SIGHUP applies a changed `[smtp]` limit to new sessions; an invalid file is refused and the
+/// running configuration stays.
+#[tokio::test]
+async fn sighup_reloads_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("graph-relay.toml");
+    let write = |size: &str| {
+        std::fs::write(&file, format!("[smtp]\nmax_message_size = {size}\n")).unwrap();
+    };
+    write("1000");
+    let out = dir.path().join("out");
+    let config = file.to_str().unwrap();
+    let relay = Relay::start(
+        &[
+            "--config",
+            config,
+            "serve",
+            "--dry-run",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let ehlo = |addr| async move {
+        let mut smtp = SmtpClient::connect(addr).await;
+        smtp.command("EHLO c", "250").await
+    };
+    assert!(ehlo(relay.smtp).await.contains("SIZE 1000"));
+
+    write("2000");
+    relay.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || relay
+            .logs()
+            .contains("configuration reloaded"))
+        .await,
+        "{}",
+        relay.logs()
+    );
+    assert!(ehlo(relay.smtp).await.contains("SIZE 2000"));
+
+    write("\"lots\"");
+    relay.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || relay
+            .logs()
+            .contains("reload refused"))
+        .await,
+        "{}",
+        relay.logs()
+    );
+    assert!(
+        relay.logs().contains("smtp.max_message_size"),
+        "{}",
+        relay.logs()
+    );
+    assert!(ehlo(relay.smtp).await.contains("SIZE 2000"));
+}

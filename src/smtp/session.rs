@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::reply::Reply;
-use crate::config::SmtpConfig;
+use crate::config::Config;
 use crate::queue::scheduler::QueueHandle;
 use crate::queue::spool::{Envelope, IncomingMessage, Spool, SpoolError, now_ms};
 
@@ -24,7 +24,8 @@ const BUFFER_SIZE: usize = 64 * 1024;
 
 /// What every session of a listener shares.
 pub struct SessionContext {
-    pub config: SmtpConfig,
+    /// The running configuration; replaced on reload. Each session keeps the one it started with.
+    pub config: tokio::sync::watch::Receiver<Arc<Config>>,
     pub spool: Arc<Spool>,
     pub queue: QueueHandle,
 }
@@ -69,6 +70,7 @@ pub struct Session<S> {
     stream: S,
     peer: SocketAddr,
     ctx: Arc<SessionContext>,
+    config: Arc<Config>,
     state: State,
     helo: Option<String>,
     transaction: Option<Transaction>,
@@ -78,10 +80,12 @@ pub struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(stream: S, peer: SocketAddr, ctx: Arc<SessionContext>) -> Self {
+        let config = ctx.config.borrow().clone();
         Self {
             stream,
             peer,
             ctx,
+            config,
             state: State::Command(RequestReceiver::default()),
             helo: None,
             transaction: None,
@@ -100,11 +104,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> std::io::Result<()> {
-        self.push(Reply::greeting(&self.ctx.config.hostname));
+        self.push(Reply::greeting(&self.config.smtp.hostname));
         self.write_out().await?;
         let mut buf = vec![0u8; BUFFER_SIZE];
         loop {
-            let idle = self.ctx.config.idle_timeout;
+            let idle = self.config.smtp.idle_timeout;
             let read = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if self.between_transactions() => {
@@ -213,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let before = tx.pending.len();
                 let done = receiver.ingest(bytes, &mut tx.pending);
                 tx.size += (tx.pending.len() - before) as u64;
-                if tx.size > self.ctx.config.max_message_size {
+                if tx.size > self.config.smtp.max_message_size {
                     let skip = DummyDataReceiver::new_data(receiver);
                     tx.pending.clear();
                     if done {
@@ -272,14 +276,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.abort_transaction();
                 Reply::write_ehlo(
                     &mut self.out,
-                    &self.ctx.config.hostname,
-                    self.ctx.config.max_message_size,
+                    &self.config.smtp.hostname,
+                    self.config.smtp.max_message_size,
                 );
                 self.helo = Some(host);
             }
             Request::Helo { host } => {
                 self.abort_transaction();
-                self.push(Reply::helo(&self.ctx.config.hostname));
+                self.push(Reply::helo(&self.config.smtp.hostname));
                 self.helo = Some(host);
             }
             Request::Mail { from } => {
@@ -287,7 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Reply::HELLO_FIRST
                 } else if self.transaction.is_some() {
                     Reply::NESTED_MAIL
-                } else if from.size as u64 > self.ctx.config.max_message_size {
+                } else if from.size as u64 > self.config.smtp.max_message_size {
                     Reply::MESSAGE_TOO_BIG
                 } else {
                     self.transaction = Some(Transaction {
@@ -303,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.push(reply);
             }
             Request::Rcpt { to } => {
-                let max = self.ctx.config.max_recipients;
+                let max = self.config.smtp.max_recipients;
                 let reply = match self.transaction.as_mut() {
                     None => Reply::MAIL_FIRST,
                     Some(_) if to.address.is_empty() => Reply::EMPTY_RECIPIENT,
@@ -340,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 chunk_size,
                 is_last,
             } => {
-                let max = self.ctx.config.max_message_size;
+                let max = self.config.smtp.max_message_size;
                 let refusal = match self.transaction.as_mut() {
                     None => Some(Reply::MAIL_FIRST),
                     Some(tx) if tx.rcpt_to.is_empty() => Some(Reply::RCPT_FIRST),

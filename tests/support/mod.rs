@@ -97,6 +97,15 @@ impl Relay {
         Relay { child, smtp, log }
     }
 
+    /// Sends a signal with `kill(1)`, e.g. `"HUP"`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
+use crate::config::SmtpConfig;
 use crate::queue::EntryMeta;
 use crate::queue::scheduler::QueueHandle;
 
@@ -27,13 +28,22 @@ fn config() -> SmtpConfig {
     }
 }
 
+/// A configuration channel whose value never changes.
+fn live(smtp: SmtpConfig) -> tokio::sync::watch::Receiver<Arc<Config>> {
+    tokio::sync::watch::channel(Arc::new(Config {
+        smtp,
+        ..Config::default()
+    }))
+    .1
+}
+
 async fn start(config: SmtpConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let spool = Arc::new(spool);
     let (queue, queued) = QueueHandle::channel();
     let ctx = Arc::new(SessionContext {
-        config,
+        config: live(config),
         spool: spool.clone(),
         queue,
     });
@@ -313,7 +323,7 @@ async fn shutdown_between_transactions_answers_421() {
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let (queue, _queued) = QueueHandle::channel();
     let ctx = Arc::new(SessionContext {
-        config: config(),
+        config: live(config()),
         spool: Arc::new(spool),
         queue,
     });
