@@ -173,20 +173,10 @@ async fn three_messages_on_one_connection_each_arrive_once() {
     smtp.command("EHLO erp.local", "250").await;
     let mut ids = Vec::new();
     for n in 1..=3 {
-        smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
-        smtp.command("RCPT TO:<alice@example.com>", "250").await;
-        smtp.command("DATA", "354").await;
-        smtp.send(&format!(
-            "From: {MAILBOX}\r\nTo: alice@example.com\r\nSubject: invoice {n}\r\n\r\nbody {n}\r\n.\r\n"
-        ))
-        .await;
-        let reply = smtp.reply().await;
-        ids.push(
-            reply
-                .strip_prefix("250 2.0.0 Queued as ")
-                .unwrap()
-                .to_string(),
+        let data = format!(
+            "From: {MAILBOX}\r\nTo: alice@example.com\r\nSubject: invoice {n}\r\n\r\nbody {n}\r\n"
         );
+        ids.push(smtp.submit(MAILBOX, &["alice@example.com"], &data).await);
     }
     smtp.command("QUIT", "221").await;
     ids.sort();
@@ -257,16 +247,10 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
     let relay = Relay::start(&["serve", "--dry-run", dir], &[]);
     let mut smtp = SmtpClient::connect(relay.smtp).await;
     smtp.command("EHLO c", "250").await;
-    smtp.command("MAIL FROM:<app@example.com>", "250").await;
-    smtp.command("RCPT TO:<alice@example.com>", "250").await;
-    smtp.command("DATA", "354").await;
-    smtp.send("From: app@example.com\r\nSubject: dry\r\n\r\nx\r\n.\r\n")
+    let data = "From: app@example.com\r\nSubject: dry\r\n\r\nx\r\n";
+    let id = smtp
+        .submit("app@example.com", &["alice@example.com"], data)
         .await;
-    let reply = smtp.reply().await;
-    let id = reply
-        .strip_prefix("250 2.0.0 Queued as ")
-        .unwrap()
-        .to_string();
     let file = out.path().join(format!("{id}.json"));
     assert!(
         eventually(Duration::from_secs(10), || file.exists()).await,
@@ -380,14 +364,8 @@ async fn bad_configuration_exits_78_and_secrets_never_leak() {
 async fn send_simple(addr: std::net::SocketAddr, subject: &str) {
     let mut smtp = SmtpClient::connect(addr).await;
     smtp.command("EHLO c", "250").await;
-    smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
-    smtp.command("RCPT TO:<alice@example.com>", "250").await;
-    smtp.command("DATA", "354").await;
-    smtp.send(&format!(
-        "From: {MAILBOX}\r\nSubject: {subject}\r\n\r\nx\r\n.\r\n"
-    ))
-    .await;
-    assert!(smtp.reply().await.starts_with("250 2.0.0 Queued as "));
+    let data = format!("From: {MAILBOX}\r\nSubject: {subject}\r\n\r\nx\r\n");
+    smtp.submit(MAILBOX, &["alice@example.com"], &data).await;
     smtp.command("QUIT", "221").await;
 }
 
@@ -574,16 +552,10 @@ async fn refused_message_moves_to_failed_with_the_reason() {
     let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
     let mut smtp = SmtpClient::connect(relay.smtp).await;
     smtp.command("EHLO c", "250").await;
-    smtp.command("MAIL FROM:<nobody@contoso.com>", "250").await;
-    smtp.command("RCPT TO:<alice@example.com>", "250").await;
-    smtp.command("DATA", "354").await;
-    smtp.send("From: nobody@contoso.com\r\nSubject: unknown mailbox\r\n\r\nx\r\n.\r\n")
+    let data = "From: nobody@contoso.com\r\nSubject: unknown mailbox\r\n\r\nx\r\n";
+    let id = smtp
+        .submit("nobody@contoso.com", &["alice@example.com"], data)
         .await;
-    let reply = smtp.reply().await;
-    let id = reply
-        .strip_prefix("250 2.0.0 Queued as ")
-        .unwrap()
-        .to_string();
 
     let failed_meta = spool.path().join("failed").join(format!("{id}.json"));
     assert!(

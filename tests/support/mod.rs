@@ -194,6 +194,24 @@ impl SmtpClient {
     }
 }
 
+impl SmtpClient {
+    /// One transaction after HELO/EHLO: MAIL, RCPTs, DATA and `data` (dot-terminated here).
+    /// Returns the queue id from `250 2.0.0 Queued as <id>`.
+    pub async fn submit(&mut self, from: &str, rcpts: &[&str], data: &str) -> String {
+        self.command(&format!("MAIL FROM:<{from}>"), "250").await;
+        for rcpt in rcpts {
+            self.command(&format!("RCPT TO:<{rcpt}>"), "250").await;
+        }
+        self.command("DATA", "354").await;
+        self.send(&format!("{data}.\r\n")).await;
+        let reply = self.reply().await;
+        reply
+            .strip_prefix("250 2.0.0 Queued as ")
+            .unwrap_or_else(|| panic!("not queued: {reply}"))
+            .to_string()
+    }
+}
+
 /// Polls `condition` every 50 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
