@@ -1,4 +1,5 @@
 //! End to end: real SMTP clients → the relay binary → the Entra/Graph emulator.
+//! One test binary; each area adds a module beside this file.
 
 mod support;
 
