@@ -1,5 +1,6 @@
 //! Wiring and lifecycle: opens the spool, builds the outbound path (Graph or dry run), starts the
-//! scheduler and the SMTP listener, and on shutdown stops accepting, lets sessions and deliveries
+//! scheduler, the SMTP listener and the operations endpoint, tells systemd when it is ready, and
+//! on shutdown stops accepting, lets sessions and deliveries
 //! finish within a grace period, and leaves everything else safely in the spool.
 
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -19,6 +21,7 @@ use crate::delivery::{Delivery, Outbound};
 use crate::graph::client::{GraphClient, http_client};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
+use crate::http::Health;
 use crate::queue::scheduler::Scheduler;
 use crate::queue::{Spool, SpoolError};
 use crate::smtp::{Listener, SessionContext};
@@ -41,8 +44,9 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("cannot listen on {addr}: {source}; is another process using it? (set smtp.listen)")]
+    #[error("{key}: cannot listen on {addr}: {source}; is another process using it?")]
     Bind {
+        key: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -50,6 +54,8 @@ pub enum AppError {
     HttpClient(#[source] reqwest::Error),
     #[error("cannot use the dry-run directory: {0}")]
     DryRunDir(#[source] std::io::Error),
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 /// Re-reads the configuration from where it first came from (file and environment).
@@ -105,18 +111,16 @@ pub async fn run(
     );
 
     let listen = config.smtp.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let address = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let listener = bind("smtp.listen", listen).await?;
+    let address = local_addr("smtp.listen", &listener, listen)?;
+    let http_listen = config.http.listen;
+    let http_listener = bind("http.listen", http_listen).await?;
+    let http_address = local_addr("http.listen", &http_listener, http_listen)?;
+    tracing::info!(address = %http_address, "operations endpoint bound (/metrics, /healthz, /readyz)");
     tracing::info!(%address, mode = ?mode, "SMTP listener bound");
 
+    let metrics = crate::telemetry::install_metrics()?;
+    let health = Arc::new(Health::new(config.queue.dir().to_path_buf()));
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
@@ -128,9 +132,22 @@ pub async fn run(
     tasks.spawn(reload_on_sighup(reload, config_tx, stop.clone()));
     tasks.spawn(scheduler.run(recovered.entries, stop.clone(), tasks.clone()));
     tasks.spawn(Listener::new(listener, ctx).run(stop.clone(), tasks.clone()));
+    tasks.spawn(crate::http::serve(
+        http_listener,
+        health.clone(),
+        metrics,
+        stop.clone(),
+    ));
+    health.set_smtp_listening();
+    notify_systemd(&[NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tasks.spawn(feed_watchdog(interval / 2, stop.clone()));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing open work");
+    health.set_stopping();
+    notify_systemd(&[NotifyState::Stopping]);
     stop.cancel();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
@@ -143,6 +160,40 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { key, addr, source })
+}
+
+fn local_addr(
+    key: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, AppError> {
+    listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { key, addr, source })
+}
+
+/// Tells systemd (Type=notify) about the service's state; a no-op outside systemd.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        tracing::warn!(error = %err, "cannot notify systemd");
+    }
+}
+
+/// Pings systemd's watchdog while the runtime is alive (`WatchdogSec=` in the unit).
+async fn feed_watchdog(every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => notify_systemd(&[NotifyState::Watchdog]),
+        }
+    }
 }
 
 /// The one reload mechanism: on SIGHUP the configuration is loaded and validated again and, if

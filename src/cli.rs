@@ -1,14 +1,16 @@
-//! The command line: `serve`, `check-config`, their flags, logging setup and exit codes.
+//! The command line: `serve`, `check-config`, `health`, `sendmail` (also when the binary is invoked
+//! as `sendmail`), their flags and exit codes.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::app::{self, AppError, Mode};
-use crate::config::{Config, ConfigError, Sources};
+use crate::config::{Config, ConfigError, LogFormat, Sources};
+use crate::{http, sendmail, telemetry};
 
 /// Exit status for configuration errors (EX_CONFIG); the systemd unit does not restart on it.
 pub const EXIT_CONFIG: u8 = 78;
@@ -35,14 +37,36 @@ pub enum Command {
     },
     /// Validate the configuration and print it as it takes effect (secrets redacted).
     CheckConfig,
+    /// Ask the running relay whether it is alive (exit 0) or, with --ready, ready for mail.
+    Health {
+        #[arg(long)]
+        ready: bool,
+    },
+    /// The sendmail interface: read a message on stdin and hand it to the running relay.
+    /// Options: -t, -i/-oi, -f ADDR, -F NAME, recipients.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
     // One TLS provider for the whole process, installed before any TLS configuration is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut argv = std::env::args();
+    let invoked_as = argv.next().unwrap_or_default();
+    if Path::new(&invoked_as)
+        .file_name()
+        .is_some_and(|name| name == "sendmail")
+    {
+        return run_sendmail(None, &argv.collect::<Vec<_>>());
+    }
+    let cli = Cli::parse();
+    if let Command::Sendmail { args } = &cli.command {
+        return run_sendmail(cli.config.as_deref(), args);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -71,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
             };
             let config = load()?;
+            telemetry::init_logging(config.log.format);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(app::run(
                 config,
@@ -81,25 +106,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let config = Config::load(&Sources {
-                file: cli.config.as_deref(),
-                env: &env,
-                dry_run: None,
-            })?;
+            let config = load(cli.config.as_deref(), &env)?;
             config.auth.credentials()?;
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health { ready } => {
+            let config = load(cli.config.as_deref(), &env)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            match runtime.block_on(http::probe(config.http.listen, ready)) {
+                Ok(body) => {
+                    print!("{body}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    eprintln!("graph-relay health: {err}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Sendmail { .. } => unreachable!("handled before clap's error path"),
     }
 }
 
-/// Human-readable logs on stderr (journald and `docker logs` capture it); `RUST_LOG` filters.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    Config::load(&Sources {
+        file,
+        env,
+        dry_run: None,
+    })
+}
+
+/// sendmail's own conventions: sysexits exit codes, messages on stderr, nothing on stdout.
+fn run_sendmail(config: Option<&Path>, args: &[String]) -> ExitCode {
+    telemetry::init_logging(LogFormat::Text);
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let result = (|| {
+        let parsed = sendmail::parse_args(args)?;
+        let listen = load(config, &env)?.smtp.listen;
+        let mut input = Vec::new();
+        std::io::stdin().read_to_end(&mut input).map_err(|err| {
+            sendmail::SendmailError::Message(format!("sendmail: reading stdin: {err}"))
+        })?;
+        let (message, recipients) = sendmail::prepare(&parsed, &input)?;
+        let runtime = tokio::runtime::Runtime::new()
+            .map_err(|err| sendmail::SendmailError::Message(format!("sendmail: {err}")))?;
+        runtime.block_on(sendmail::submit(
+            listen,
+            parsed.sender.as_deref(),
+            &message,
+            &recipients,
+        ))
+    })();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
 }

@@ -11,5 +11,8 @@ pub mod config;
 pub mod convert;
 pub mod delivery;
 pub mod graph;
+pub mod http;
 pub mod queue;
+pub mod sendmail;
 pub mod smtp;
+pub mod telemetry;

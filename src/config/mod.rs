@@ -5,11 +5,12 @@
 mod auth;
 mod graph;
 mod http;
+mod log;
 mod queue;
 mod smtp;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, ClientCredentials};
 pub use graph::GraphConfig;
 pub use http::HttpConfig;
+pub use log::{LogConfig, LogFormat};
 pub use queue::QueueConfig;
 pub use smtp::SmtpConfig;
 
@@ -34,6 +36,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub graph: GraphConfig,
     pub queue: QueueConfig,
+    pub log: LogConfig,
 }
 
 /// A configuration problem, reported as `key: what is wrong`.
@@ -185,6 +188,20 @@ pub(crate) fn check_endpoint(key: &str, url: &url::Url) -> Result<(), ConfigErro
             key,
             format!("{url}: scheme {other} is not supported; use https://"),
         )),
+    }
+}
+
+/// The address a client on this machine uses to reach a listen address: a wildcard listen
+/// address (`0.0.0.0`, `[::]`) is reached through loopback.
+pub fn connectable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port())
+        }
+        _ => listen,
     }
 }
 

@@ -332,3 +332,15 @@ fn printed_configuration_redacts_the_secret() {
     );
     assert!(!format!("{config:?}").contains("Xy7~very-secret"));
 }
+
+#[test]
+fn wildcard_listen_addresses_are_reached_on_loopback() {
+    let cases = [
+        ("0.0.0.0:9925", "127.0.0.1:9925"),
+        ("[::]:9925", "[::1]:9925"),
+        ("127.0.0.2:9925", "127.0.0.2:9925"),
+    ];
+    for (listen, reached) in cases {
+        assert_eq!(connectable(listen.parse().unwrap()).to_string(), reached);
+    }
+}

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::spool::{EntryMeta, QueueId, Spool, now_ms};
 use crate::delivery::{Delivery, Outcome};
+use crate::telemetry;
 
 /// Hands newly committed entries to the scheduler.
 #[derive(Clone)]
@@ -160,16 +161,19 @@ impl Worker {
         let id = meta.id;
         let (meta, result) = match outcome {
             Outcome::Delivered => {
+                metrics::counter!(telemetry::MESSAGES_DELIVERED).increment(1);
                 let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
                 (None, result.map_err(|join| join.to_string()))
             }
             Outcome::Failed { reason } => {
+                metrics::counter!(telemetry::MESSAGES_FAILED, "reason" => "refused").increment(1);
                 tracing::warn!(queue_id = %id, reason = %reason, "message failed permanently");
                 meta.last_error = Some(reason);
                 let result = tokio::task::spawn_blocking(move || spool.fail(&meta)).await;
                 (None, result.map_err(|join| join.to_string()))
             }
             Outcome::Retry { reason, after } => {
+                metrics::counter!(telemetry::MESSAGES_RETRIED).increment(1);
                 let backoff = retry_delay(meta.attempts, self.retry_initial, self.retry_max);
                 let delay = after.map_or(backoff, |after| after.min(self.retry_max));
                 meta.next_attempt_at_ms = now_ms() + delay.as_millis() as u64;

@@ -483,6 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     size = tx.size,
                     "message queued"
                 );
+                metrics::counter!(crate::telemetry::MESSAGES_RECEIVED).increment(1);
                 self.push(Reply::queued(meta.id));
                 self.ctx.queue.enqueue(meta);
             }

@@ -47,6 +47,8 @@ pub fn graph_env(emulator: &Emulator, queue_dir: &Path) -> Vec<(String, String)>
 pub struct Relay {
     child: Child,
     pub smtp: SocketAddr,
+    /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub http: SocketAddr,
     log: Arc<Mutex<String>>,
 }
 
@@ -60,6 +62,7 @@ impl Relay {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("GRAPH_RELAY_SMTP__LISTEN", "127.0.0.1:0")
+            .env("GRAPH_RELAY_HTTP__LISTEN", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -71,21 +74,27 @@ impl Relay {
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
         std::thread::spawn(move || {
+            let address = |line: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix("address="))
+                    .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            };
+            let mut http = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The operations endpoint is bound just before the SMTP listener.
+                if line.contains("operations endpoint bound") {
+                    http = address(&line);
+                }
                 if line.contains("SMTP listener bound") {
-                    let addr = line
-                        .split_whitespace()
-                        .find_map(|word| word.strip_prefix("address="))
-                        .and_then(|addr| addr.parse::<SocketAddr>().ok());
-                    let _ = addr_tx.send(addr);
+                    let _ = addr_tx.send(address(&line).zip(http));
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let smtp = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(addr)) => addr,
+        let (smtp, http) = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(addrs)) => addrs,
             _ => {
                 let _ = child.kill();
                 panic!(
@@ -94,7 +103,12 @@ impl Relay {
                 );
             }
         };
-        Relay { child, smtp, log }
+        Relay {
+            child,
+            smtp,
+            http,
+            log,
+        }
     }
 
     /// Sends a signal with `kill(1)`, e.g. `"HUP"`.
