@@ -19,6 +19,9 @@ pub struct EmulatorConfig {
     pub graph_resource: String,
     /// Graph's per-(app, mailbox) concurrency limit (4 in production); `None` = unlimited.
     pub max_concurrent_per_mailbox: Option<usize>,
+    /// Keep every accepted message for [`crate::Emulator::accepted`]; load benchmarks turn it
+    /// off and only count, so memory stays flat.
+    pub record_accepted: bool,
 }
 
 /// An Entra tenant.
@@ -65,6 +68,7 @@ impl Default for EmulatorConfig {
             latency: Duration::ZERO,
             graph_resource: "https://graph.microsoft.com".to_owned(),
             max_concurrent_per_mailbox: None,
+            record_accepted: true,
         }
     }
 }

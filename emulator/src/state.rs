@@ -241,7 +241,9 @@ impl Shared {
     pub fn record_accepted(&self, mail: AcceptedMail) {
         let mut inner = self.lock();
         inner.stats.accepted += 1;
-        inner.accepted.push(mail);
+        if self.config.record_accepted {
+            inner.accepted.push(mail);
+        }
     }
 
     pub fn accepted(&self) -> Vec<AcceptedMail> {
@@ -249,7 +251,7 @@ impl Shared {
     }
 
     pub fn accepted_count(&self) -> usize {
-        self.lock().accepted.len()
+        self.lock().stats.accepted
     }
 
     pub fn rejected(&self) -> Vec<Rejection> {

@@ -149,12 +149,7 @@ async fn sendmail_interface_delivers_and_reports_a_stopped_daemon() {
     let link = link_dir.path().join("sendmail");
     std::os::unix::fs::symlink(binary, &link).unwrap();
     let message = format!("From: {MAILBOX}\nSubject: as sendmail\n\nbody\n.\nnot sent\n");
-    let (code, stderr) = sendmail(
-        &link,
-        &["-f", MAILBOX, "carol@example.com"],
-        &env,
-        &message,
-    );
+    let (code, stderr) = sendmail(&link, &["-f", MAILBOX, "carol@example.com"], &env, &message);
     assert_eq!(code, 0, "{stderr}");
 
     assert!(
