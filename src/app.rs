@@ -19,7 +19,9 @@ use crate::delivery::{Delivery, Outbound};
 use crate::graph::client::{GraphClient, http_client};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
-use crate::queue::scheduler::Scheduler;
+use crate::queue::metrics::Counters;
+use crate::queue::retry::{RetryPolicy, RetryPolicyError};
+use crate::queue::scheduler::{Clock, Limits, Scheduler};
 use crate::queue::{Spool, SpoolError};
 use crate::smtp::{Listener, SessionContext};
 
@@ -50,6 +52,8 @@ pub enum AppError {
     HttpClient(#[source] reqwest::Error),
     #[error("cannot use the dry-run directory: {0}")]
     DryRunDir(#[source] std::io::Error),
+    #[error("queue retry settings: {0}")]
+    RetryPolicy(#[from] RetryPolicyError),
 }
 
 /// Re-reads the configuration from where it first came from (file and environment).
@@ -96,12 +100,24 @@ pub async fn run(
         outbound,
         config.graph.endpoint.clone(),
     ));
+    let policy = RetryPolicy::try_new(
+        config.queue.retry_initial,
+        config.queue.retry_max,
+        config.queue.max_age,
+        config.queue.fault_retry,
+    )?;
+    let limits = Limits {
+        concurrency: config.queue.concurrency,
+        per_lane: config.queue.mailbox_concurrency,
+    };
+    let counters = Arc::new(Counters::default());
     let (scheduler, queue) = Scheduler::new(
         spool.clone(),
         delivery,
-        config.queue.concurrency,
-        config.queue.retry_initial,
-        config.queue.retry_max,
+        policy,
+        limits,
+        Clock::system(),
+        counters.clone(),
     );
 
     let listen = config.smtp.listen;

@@ -1,6 +1,10 @@
 //! The queue between SMTP and Graph: [`spool`] keeps every acknowledged message on disk until it
-//! is delivered or failed; [`scheduler`] decides which entries are due and runs their deliveries.
+//! is delivered or failed; [`scheduler`] decides which entries are due and runs their deliveries
+//! within Graph's limits; [`retry`] classifies failed attempts and decides what happens next;
+//! [`metrics`] counts what operators must see.
 
+pub mod metrics;
+pub mod retry;
 pub mod scheduler;
 pub mod spool;
 
