@@ -94,7 +94,7 @@ pub async fn run(
         quarantined = recovered.quarantined,
         "spool opened"
     );
-    let spool = Arc::new(spool);
+    let spool = Arc::new(spool.with_max_size(config.queue.max_size));
     let delivery = Arc::new(Delivery::new(
         spool.clone(),
         outbound,
