@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,9 +23,6 @@ use crate::queue::retry::{RetryPolicy, RetryPolicyError};
 use crate::queue::scheduler::{Clock, Limits, Scheduler};
 use crate::queue::{Spool, SpoolError};
 use crate::smtp::{Listener, SessionContext};
-
-/// How long open sessions and in-flight deliveries get to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Where accepted messages go.
 #[derive(Debug, Clone)]
@@ -54,6 +50,8 @@ pub enum AppError {
     DryRunDir(#[source] std::io::Error),
     #[error("queue retry settings: {0}")]
     RetryPolicy(#[from] RetryPolicyError),
+    #[error("cannot open the queue control socket: {0}")]
+    Control(#[source] std::io::Error),
 }
 
 /// Re-reads the configuration from where it first came from (file and environment).
@@ -135,6 +133,16 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let grace = config.queue.shutdown_grace;
+    let control = crate::queue::control::serve(
+        config.queue.dir(),
+        spool.clone(),
+        queue.clone(),
+        counters,
+        stop.clone(),
+    )
+    .map_err(AppError::Control)?;
+    tasks.spawn(control);
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let ctx = Arc::new(SessionContext {
         config: config_rx,
@@ -149,14 +157,19 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; finishing open work");
     stop.cancel();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = SHUTDOWN_GRACE.as_secs(),
-            "grace period over; unfinished deliveries stay in the spool"
-        );
+    tokio::select! {
+        finished = tokio::time::timeout(grace, tasks.wait()) => {
+            if finished.is_err() {
+                tracing::warn!(
+                    grace_s = grace.as_secs_f64(),
+                    "grace period over; unfinished deliveries stay in the spool"
+                );
+            }
+        }
+        // Everything acknowledged is on disk already; nothing is lost by leaving now.
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting now; unfinished deliveries stay in the spool");
+        }
     }
     Ok(())
 }

@@ -35,6 +35,11 @@ pub enum Command {
     },
     /// Validate the configuration and print it as it takes effect (secrets redacted).
     CheckConfig,
+    /// Inspect and manage the queue (of the running daemon, or of the spool when stopped).
+    Queue {
+        #[command(subcommand)]
+        command: crate::queue::cli::QueueCommand,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -88,6 +93,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             config.auth.credentials()?;
             print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { command } => {
+            let config = Config::load(&Sources {
+                file: cli.config.as_deref(),
+                env: &env,
+                dry_run: None,
+            })?;
+            print!("{}", crate::queue::cli::run(&config, command)?);
             Ok(ExitCode::SUCCESS)
         }
     }

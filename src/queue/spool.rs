@@ -437,10 +437,9 @@ impl Spool {
             .map_err(io_err(&incoming.path))
             .and_then(|()| self.write_meta_unsynced(&self.dir, &meta))
             .and_then(|()| {
-                self.sync_dir_grouped().map_err(|err| {
+                self.sync_dir_grouped().inspect_err(|_| {
                     // Renamed but not durable: never acknowledged, so not kept either.
                     let _ = self.fs.remove(&meta_path);
-                    err
                 })
             });
         if result.is_err() {
@@ -563,6 +562,49 @@ impl Spool {
         let live_meta = self.meta_path(meta.id);
         self.fs.remove(&live_meta).map_err(io_err(&live_meta))?;
         self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// Moves a failed entry back into the live queue, due now (an operator's retry).
+    ///
+    /// # Errors
+    /// The entry is not in `failed/`, or a file operation failed (the entry stays failed).
+    pub fn requeue(&self, id: QueueId) -> Result<EntryMeta, SpoolError> {
+        let failed_meta = self.failed_dir.join(format!("{id}.{META_EXT}"));
+        let mut meta = read_meta(&failed_meta)?;
+        meta.next_attempt_at_ms = now_ms();
+        // The live meta comes first: until the body is back, recovery finds the body in
+        // failed/ and finishes the entry as failed, so a crash never orphans the body.
+        let failed_body = self.failed_dir.join(format!("{id}.{BODY_EXT}"));
+        let body = self.body_path(id);
+        self.write_meta(&self.dir, &meta)?;
+        self.fs
+            .rename(&failed_body, &body)
+            .map_err(io_err(&failed_body))?;
+        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.fs.remove(&failed_meta).map_err(io_err(&failed_meta))?;
+        self.fs
+            .sync_dir(&self.failed_dir)
+            .map_err(io_err(&self.failed_dir))?;
+        self.used.fetch_add(body_size(&body), Ordering::Relaxed);
+        Ok(meta)
+    }
+
+    /// Deletes an entry from `failed/`; `false` when there is none with this id.
+    ///
+    /// # Errors
+    /// A file could not be removed.
+    pub fn delete_failed(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let meta = self.failed_dir.join(format!("{id}.{META_EXT}"));
+        if !meta.exists() {
+            return Ok(false);
+        }
+        self.fs.remove(&meta).map_err(io_err(&meta))?;
+        let body = self.failed_dir.join(format!("{id}.{BODY_EXT}"));
+        self.fs.remove(&body).map_err(io_err(&body))?;
+        self.fs
+            .sync_dir(&self.failed_dir)
+            .map_err(io_err(&self.failed_dir))?;
+        Ok(true)
     }
 
     /// Entries in `failed/`, oldest first.
