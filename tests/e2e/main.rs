@@ -3,6 +3,8 @@
 
 mod support;
 
+mod delivery;
+
 use std::time::Duration;
 
 use base64::Engine;
