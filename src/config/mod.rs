@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, ClientCredentials};
 pub use graph::GraphConfig;
 pub use http::HttpConfig;
-pub use queue::AckMode;
 pub use queue::QueueConfig;
 pub use smtp::SmtpConfig;
 

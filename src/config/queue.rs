@@ -36,31 +36,10 @@ pub struct QueueConfig {
     /// Largest total size of queued message bodies in bytes; beyond it new mail gets
     /// `452 4.3.1`. Unset: limited only by the disk.
     pub max_size: Option<u64>,
-    /// When SMTP answers `250`: `queued` (once on disk), `synchronous` (once Graph accepted
-    /// it), `hybrid` (once Graph accepted it or `ack_wait` passed, then queued).
-    pub ack_mode: AckMode,
-    /// How long `synchronous` and `hybrid` wait for Graph before answering.
-    #[serde(with = "humantime_serde")]
-    pub ack_wait: Duration,
-    /// Sender of delivery status notifications for failed messages (a mailbox the app may
-    /// send as). Unset: no notifications, failures are only logged and kept in `failed/`.
-    pub dsn_from: Option<String>,
     /// After SIGTERM, how long open sessions and deliveries in flight get to finish
     /// (under Kubernetes' 30 s); a second signal exits at once.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-}
-
-/// When SMTP acknowledges a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// `250` once the message is durably spooled.
-    Queued,
-    /// `250` only after Graph's `202`; `4xx` for transient, `5xx` for permanent failures.
-    Synchronous,
-    /// Wait for Graph up to `ack_wait`, then queue.
-    Hybrid,
 }
 
 impl Default for QueueConfig {
@@ -74,9 +53,6 @@ impl Default for QueueConfig {
             max_age: Duration::from_secs(2 * 24 * 3600),
             fault_retry: Duration::from_secs(300),
             max_size: None,
-            ack_mode: AckMode::Queued,
-            ack_wait: Duration::from_secs(5),
-            dsn_from: None,
             shutdown_grace: Duration::from_secs(25),
         }
     }
@@ -128,29 +104,6 @@ impl QueueConfig {
                 "must be more than 0 bytes (leave it unset for no limit)",
             ));
         }
-        if self.ack_mode != AckMode::Queued && self.ack_wait.is_zero() {
-            return Err(ConfigError::new(
-                "queue.ack_wait",
-                "must be longer than 0s with ack_mode synchronous or hybrid",
-            ));
-        }
-        if let Some(from) = &self.dsn_from
-            && !looks_like_address(from)
-        {
-            return Err(ConfigError::new(
-                "queue.dsn_from",
-                format!("{from:?} is not an email address"),
-            ));
-        }
         Ok(())
     }
-}
-
-/// `local@domain`, without spaces or angle brackets: enough to catch a misplaced value.
-fn looks_like_address(value: &str) -> bool {
-    value.split_once('@').is_some_and(|(local, domain)| {
-        !local.is_empty()
-            && domain.contains('.')
-            && !value.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
-    })
 }

@@ -178,15 +178,6 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("queue.max_size", "1000000", |c| {
             c.queue.max_size == Some(1_000_000)
         }),
-        ("queue.ack_mode", "hybrid", |c| {
-            c.queue.ack_mode == queue::AckMode::Hybrid
-        }),
-        ("queue.ack_wait", "3s", |c| {
-            c.queue.ack_wait == Duration::from_secs(3)
-        }),
-        ("queue.dsn_from", "postmaster@contoso.com", |c| {
-            c.queue.dsn_from.as_deref() == Some("postmaster@contoso.com")
-        }),
         ("queue.shutdown_grace", "10s", |c| {
             c.queue.shutdown_grace == Duration::from_secs(10)
         }),
@@ -323,18 +314,6 @@ fn bad_values_name_their_key() {
             "queue.fault_retry",
         ),
         (&[("GRAPH_RELAY_QUEUE__MAX_SIZE", "0")], "queue.max_size"),
-        (&[("GRAPH_RELAY_QUEUE__ACK_MODE", "later")], "ack_mode"),
-        (
-            &[
-                ("GRAPH_RELAY_QUEUE__ACK_MODE", "synchronous"),
-                ("GRAPH_RELAY_QUEUE__ACK_WAIT", "0s"),
-            ],
-            "queue.ack_wait",
-        ),
-        (
-            &[("GRAPH_RELAY_QUEUE__DSN_FROM", "postmaster")],
-            "queue.dsn_from",
-        ),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
     ];
     for (pairs, key) in cases {
