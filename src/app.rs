@@ -22,12 +22,11 @@ use crate::graph::client::{GraphClient, http_client};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
 use crate::http::Health;
-use crate::queue::scheduler::Scheduler;
+use crate::queue::metrics::Counters;
+use crate::queue::retry::{RetryPolicy, RetryPolicyError};
+use crate::queue::scheduler::{Clock, Limits, Scheduler};
 use crate::queue::{Spool, SpoolError};
 use crate::smtp::{Listener, SessionContext};
-
-/// How long open sessions and in-flight deliveries get to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Where accepted messages go.
 #[derive(Debug, Clone)]
@@ -56,6 +55,10 @@ pub enum AppError {
     DryRunDir(#[source] std::io::Error),
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("queue retry settings: {0}")]
+    RetryPolicy(#[from] RetryPolicyError),
+    #[error("cannot open the queue control socket: {0}")]
+    Control(#[source] std::io::Error),
 }
 
 /// Re-reads the configuration from where it first came from (file and environment).
@@ -96,18 +99,30 @@ pub async fn run(
         quarantined = recovered.quarantined,
         "spool opened"
     );
-    let spool = Arc::new(spool);
+    let spool = Arc::new(spool.with_max_size(config.queue.max_size));
     let delivery = Arc::new(Delivery::new(
         spool.clone(),
         outbound,
         config.graph.endpoint.clone(),
     ));
+    let policy = RetryPolicy::try_new(
+        config.queue.retry_initial,
+        config.queue.retry_max,
+        config.queue.max_age,
+        config.queue.fault_retry,
+    )?;
+    let limits = Limits {
+        concurrency: config.queue.concurrency,
+        per_lane: config.queue.mailbox_concurrency,
+    };
+    let counters = Arc::new(Counters::default());
     let (scheduler, queue) = Scheduler::new(
         spool.clone(),
         delivery,
-        config.queue.concurrency,
-        config.queue.retry_initial,
-        config.queue.retry_max,
+        policy,
+        limits,
+        Clock::system(),
+        counters.clone(),
     );
 
     let listen = config.smtp.listen;
@@ -123,6 +138,16 @@ pub async fn run(
     let health = Arc::new(Health::new(config.queue.dir().to_path_buf()));
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let grace = config.queue.shutdown_grace;
+    let control = crate::queue::control::serve(
+        config.queue.dir(),
+        spool.clone(),
+        queue.clone(),
+        counters,
+        stop.clone(),
+    )
+    .map_err(AppError::Control)?;
+    tasks.spawn(control);
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let ctx = Arc::new(SessionContext {
         config: config_rx,
@@ -150,14 +175,19 @@ pub async fn run(
     notify_systemd(&[NotifyState::Stopping]);
     stop.cancel();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = SHUTDOWN_GRACE.as_secs(),
-            "grace period over; unfinished deliveries stay in the spool"
-        );
+    tokio::select! {
+        finished = tokio::time::timeout(grace, tasks.wait()) => {
+            if finished.is_err() {
+                tracing::warn!(
+                    grace_s = grace.as_secs_f64(),
+                    "grace period over; unfinished deliveries stay in the spool"
+                );
+            }
+        }
+        // Everything acknowledged is on disk already; nothing is lost by leaving now.
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting now; unfinished deliveries stay in the spool");
+        }
     }
     Ok(())
 }

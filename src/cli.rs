@@ -37,6 +37,11 @@ pub enum Command {
     },
     /// Validate the configuration and print it as it takes effect (secrets redacted).
     CheckConfig,
+    /// Inspect and manage the queue (of the running daemon, or of the spool when stopped).
+    Queue {
+        #[command(subcommand)]
+        command: crate::queue::cli::QueueCommand,
+    },
     /// Ask the running relay whether it is alive (exit 0) or, with --ready, ready for mail.
     Health {
         #[arg(long)]
@@ -124,6 +129,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Queue { command } => {
+            let config = load(cli.config.as_deref(), &env)?;
+            print!("{}", crate::queue::cli::run(&config, command)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sendmail { .. } => unreachable!("handled before clap's error path"),
     }

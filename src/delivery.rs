@@ -5,23 +5,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::convert::{self, Converted};
+use crate::graph::client::GraphError;
 use crate::graph::client::{GraphClient, send_mail_url};
 use crate::graph::dry_run::DryRunWriter;
-use crate::graph::token::TokenProvider;
+use crate::graph::token::{TokenError, TokenProvider};
+use crate::queue::retry::{Class, Failure, classify};
+use crate::queue::scheduler::{Attempt, Lane};
 use crate::queue::{EntryMeta, Spool};
+
+/// The authentication profile every mailbox is sent through (one set of `[auth]` credentials).
+pub const DEFAULT_PROFILE: &str = "default";
 
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Graph answered `202` (or, in dry-run, the request was written).
     Delivered,
-    /// Not delivered now; try again later (no sooner than `after`, when Graph said so).
-    Retry {
+    /// Not delivered: the class says what happens next, `retry_after` is Graph's wish.
+    NotDelivered {
+        class: Class,
+        retry_after: Option<Duration>,
         reason: String,
-        after: Option<Duration>,
     },
-    /// Will never be delivered as it is: goes to `failed/` with the reason.
-    Failed { reason: String },
+}
+
+impl Outcome {
+    fn failure(
+        failure: Failure<'_>,
+        tries: u32,
+        retry_after: Option<Duration>,
+        reason: String,
+    ) -> Self {
+        Self::NotDelivered {
+            class: classify(failure, tries),
+            retry_after,
+            reason,
+        }
+    }
 }
 
 /// Where converted requests go.
@@ -53,26 +73,15 @@ impl Delivery {
         let id = meta.id;
         let raw = match tokio::task::spawn_blocking(move || spool.read_body(id)).await {
             Ok(Ok(raw)) => raw,
-            Ok(Err(err)) => {
-                return Outcome::Retry {
-                    reason: err.to_string(),
-                    after: None,
-                };
-            }
-            Err(join) => {
-                return Outcome::Retry {
-                    reason: join.to_string(),
-                    after: None,
-                };
-            }
+            Ok(Err(err)) => return Outcome::failure(Failure::Local, 0, None, err.to_string()),
+            Err(join) => return Outcome::failure(Failure::Local, 0, None, join.to_string()),
         };
         let envelope = &meta.envelope;
         let converted = match convert::convert(&raw, &envelope.mail_from, &envelope.rcpt_to) {
             Ok(converted) => converted,
             Err(err) => {
-                return Outcome::Failed {
-                    reason: format!("cannot convert the message: {err}"),
-                };
+                let reason = format!("cannot convert the message: {err}");
+                return Outcome::failure(Failure::Conversion, 0, None, reason);
             }
         };
         let Converted {
@@ -89,10 +98,10 @@ impl Delivery {
                         tracing::info!(queue_id = %id, file = %file.display(), "dry run: request written");
                         Outcome::Delivered
                     }
-                    Err(err) => Outcome::Retry {
-                        reason: format!("dry run: cannot write the request: {err}"),
-                        after: None,
-                    },
+                    Err(err) => {
+                        let reason = format!("dry run: cannot write the request: {err}");
+                        Outcome::failure(Failure::Local, 0, None, reason)
+                    }
                 }
             }
             Outbound::Graph { client, tokens } => {
@@ -111,26 +120,59 @@ impl Delivery {
     }
 }
 
-/// Sends with a cached token; on a 401 the token is dropped and the send repeated once.
+impl Attempt for Delivery {
+    async fn lane(&self, meta: &EntryMeta) -> Lane {
+        let spool = self.spool.clone();
+        let meta = meta.clone();
+        // The mailbox is the converted sender (the From address); a message that cannot be
+        // converted fails at its attempt, so it may wait in its envelope sender's lane.
+        let sender = tokio::task::spawn_blocking(move || {
+            spool
+                .read_body(meta.id)
+                .ok()
+                .and_then(|raw| {
+                    convert::convert(&raw, &meta.envelope.mail_from, &meta.envelope.rcpt_to).ok()
+                })
+                .map_or(meta.envelope.mail_from, |converted| converted.sender)
+        })
+        .await
+        .unwrap_or_default();
+        Lane::new(DEFAULT_PROFILE, &sender)
+    }
+
+    async fn attempt(&self, meta: &EntryMeta) -> Outcome {
+        Delivery::attempt(self, meta).await
+    }
+}
+
+/// Sends with a cached token; on a first 401 the token is dropped and the send repeated once.
 async fn send(
     client: &GraphClient,
     tokens: &TokenProvider,
     sender: &str,
     body: Vec<u8>,
 ) -> Outcome {
-    let mut retried_unauthorized = false;
+    let mut tries = 0;
     loop {
         let token = match tokens.token().await {
             Ok(token) => token,
             Err(err) => {
-                if !err.is_retryable() {
-                    tracing::error!(error = %err, "token request refused; fix the [auth] configuration");
-                }
-                // Messages stay queued while the credentials are fixed or Entra recovers.
-                return Outcome::Retry {
-                    reason: err.to_string(),
-                    after: None,
+                let failure = match &err {
+                    TokenError::Refused { error, .. } => Failure::Token {
+                        error,
+                        retryable: err.is_retryable(),
+                    },
+                    // Token requests change nothing at Entra: never ambiguous.
+                    TokenError::Unreachable { .. } => Failure::Unreachable {
+                        outcome_unknown: false,
+                    },
+                    TokenError::InvalidResponse { .. } => Failure::Token {
+                        error: "",
+                        retryable: err.is_retryable(),
+                    },
                 };
+                // Messages stay queued while the credentials are fixed or Entra recovers.
+                return Outcome::failure(failure, tries, None, err.to_string());
             }
         };
         match client.send_mail(&token, sender, body.clone()).await {
@@ -142,20 +184,31 @@ async fn send(
                 );
                 return Outcome::Delivered;
             }
-            Err(err) if err.is_unauthorized() && !retried_unauthorized => {
-                tokens.invalidate().await;
-                retried_unauthorized = true;
-            }
-            Err(err) if err.is_retryable() => {
-                return Outcome::Retry {
-                    after: err.retry_after(),
-                    reason: err.to_string(),
-                };
-            }
             Err(err) => {
-                return Outcome::Failed {
-                    reason: err.to_string(),
+                let failure = match &err {
+                    GraphError::Refused { status, code, .. } => Failure::Graph {
+                        status: *status,
+                        code,
+                    },
+                    GraphError::Unreachable {
+                        outcome_unknown, ..
+                    } => Failure::Unreachable {
+                        outcome_unknown: *outcome_unknown,
+                    },
                 };
+                let outcome = Outcome::failure(failure, tries, err.retry_after(), err.to_string());
+                if matches!(
+                    outcome,
+                    Outcome::NotDelivered {
+                        class: Class::RefreshToken,
+                        ..
+                    }
+                ) {
+                    tokens.invalidate().await;
+                    tries += 1;
+                    continue;
+                }
+                return outcome;
             }
         }
     }

@@ -14,6 +14,11 @@ pub const MESSAGES_RECEIVED: &str = "graph_relay_messages_received_total";
 pub const MESSAGES_DELIVERED: &str = "graph_relay_messages_delivered_total";
 /// Attempts that ended in "try again later".
 pub const MESSAGES_RETRIED: &str = "graph_relay_messages_retried_total";
+/// Retries of requests whose outcome was unknown (Graph may have accepted them): the bound on
+/// duplicates, since Graph has no idempotency key.
+pub const AMBIGUOUS_RETRIES: &str = "graph_relay_ambiguous_retries_total";
+/// Attempts stopped by a configuration fault (permissions, licence, credentials).
+pub const CONFIG_FAULTS: &str = "graph_relay_config_faults_total";
 /// Messages moved to `failed/`, by `reason`.
 pub const MESSAGES_FAILED: &str = "graph_relay_messages_failed_total";
 /// Spooled messages, by `state`.

@@ -16,7 +16,7 @@ pub struct QueueConfig {
     /// Spool directory; default `$STATE_DIRECTORY`, else `/var/spool/graph-relay`
     /// (with `serve --dry-run DIR`: `DIR/.queue`). Always absolute once loaded.
     pub dir: Option<PathBuf>,
-    /// Deliveries in flight at once.
+    /// Deliveries in flight at once, across all mailboxes.
     pub concurrency: usize,
     /// Wait before the second attempt; each further attempt waits twice as long.
     #[serde(with = "humantime_serde")]
@@ -24,15 +24,36 @@ pub struct QueueConfig {
     /// Longest wait between two attempts.
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Requests in flight at once per (authentication profile, mailbox): Graph allows 4.
+    pub mailbox_concurrency: usize,
+    /// A message not delivered this long after it was accepted fails (and is reported).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// While a configuration fault (permissions, licence, credentials) pauses a mailbox or
+    /// profile, one message tries again this often; permission changes take 30 min to 2 h.
+    #[serde(with = "humantime_serde")]
+    pub fault_retry: Duration,
+    /// Largest total size of queued message bodies in bytes; beyond it new mail gets
+    /// `452 4.3.1`. Unset: limited only by the disk.
+    pub max_size: Option<u64>,
+    /// After SIGTERM, how long open sessions and deliveries in flight get to finish
+    /// (under Kubernetes' 30 s); a second signal exits at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             dir: None,
-            concurrency: 4,
+            concurrency: 32,
             retry_initial: Duration::from_secs(30),
             retry_max: Duration::from_secs(3600),
+            mailbox_concurrency: 4,
+            max_age: Duration::from_secs(2 * 24 * 3600),
+            fault_retry: Duration::from_secs(300),
+            max_size: None,
+            shutdown_grace: Duration::from_secs(25),
         }
     }
 }
@@ -57,6 +78,30 @@ impl QueueConfig {
             return Err(ConfigError::new(
                 "queue.retry_max",
                 "must not be shorter than queue.retry_initial",
+            ));
+        }
+        if self.mailbox_concurrency == 0 {
+            return Err(ConfigError::new(
+                "queue.mailbox_concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.max_age < self.retry_max {
+            return Err(ConfigError::new(
+                "queue.max_age",
+                "must not be shorter than queue.retry_max",
+            ));
+        }
+        if self.fault_retry.is_zero() {
+            return Err(ConfigError::new(
+                "queue.fault_retry",
+                "must be longer than 0s",
+            ));
+        }
+        if self.max_size == Some(0) {
+            return Err(ConfigError::new(
+                "queue.max_size",
+                "must be more than 0 bytes (leave it unset for no limit)",
             ));
         }
         Ok(())

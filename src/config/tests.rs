@@ -166,6 +166,22 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("queue.retry_max", "10m", |c| {
             c.queue.retry_max == Duration::from_secs(600)
         }),
+        ("queue.mailbox_concurrency", "2", |c| {
+            c.queue.mailbox_concurrency == 2
+        }),
+        ("queue.max_age", "1h", |c| {
+            c.queue.max_age == Duration::from_secs(3600)
+        }),
+        ("queue.fault_retry", "1m", |c| {
+            c.queue.fault_retry == Duration::from_secs(60)
+        }),
+        ("queue.max_size", "1000000", |c| {
+            c.queue.max_size == Some(1_000_000)
+        }),
+        ("queue.shutdown_grace", "10s", |c| {
+            c.queue.shutdown_grace == Duration::from_secs(10)
+        }),
+        ("log.format", "json", |c| c.log.format == LogFormat::Json),
     ];
     let table_keys: BTreeSet<String> = table.iter().map(|(key, ..)| key.to_string()).collect();
     assert_eq!(
@@ -289,6 +305,16 @@ fn bad_values_name_their_key() {
             "queue.concurrency",
         ),
         (&[("GRAPH_RELAY_QUEUE__RETRY_MAX", "1s")], "queue.retry_max"),
+        (
+            &[("GRAPH_RELAY_QUEUE__MAILBOX_CONCURRENCY", "0")],
+            "queue.mailbox_concurrency",
+        ),
+        (&[("GRAPH_RELAY_QUEUE__MAX_AGE", "1m")], "queue.max_age"),
+        (
+            &[("GRAPH_RELAY_QUEUE__FAULT_RETRY", "0s")],
+            "queue.fault_retry",
+        ),
+        (&[("GRAPH_RELAY_QUEUE__MAX_SIZE", "0")], "queue.max_size"),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
     ];
     for (pairs, key) in cases {

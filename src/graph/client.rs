@@ -58,7 +58,12 @@ pub enum GraphError {
     /// No answer: connection failed, reset or timed out. If the request had been sent, Graph may
     /// have accepted it.
     #[error("Graph could not be reached: {reason}")]
-    Unreachable { reason: String },
+    Unreachable {
+        reason: String,
+        /// The connection was made, so the request may have reached Graph and been accepted:
+        /// a retry can send the message twice.
+        outcome_unknown: bool,
+    },
 }
 
 fn request_suffix(request_id: &Option<String>) -> String {
@@ -76,11 +81,6 @@ impl GraphError {
             Self::Unreachable { .. } => true,
             Self::Refused { status, .. } => matches!(status, 401 | 408 | 429) || *status >= 500,
         }
-    }
-
-    /// Graph rejected the token itself: fetch a new one.
-    pub fn is_unauthorized(&self) -> bool {
-        matches!(self, Self::Refused { status: 401, .. })
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -135,6 +135,8 @@ impl GraphClient {
             .await
             .map_err(|err| GraphError::Unreachable {
                 reason: error_chain(&err),
+                // Only a failed connect proves Graph never saw the request.
+                outcome_unknown: !err.is_connect(),
             })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -160,7 +162,7 @@ impl GraphClient {
             request_id,
             retry_after: header_text(&headers, RETRY_AFTER.as_str())
                 .as_deref()
-                .and_then(parse_retry_after),
+                .and_then(|value| parse_retry_after(value, std::time::SystemTime::now())),
         })
     }
 }
@@ -172,10 +174,16 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `Retry-After` as decimal seconds (Graph sends `10` and `2.128`), rounded up.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs(seconds.ceil() as u64))
+/// `Retry-After` as decimal seconds (Graph sends `10` and `2.128`), rounded up to the
+/// millisecond, or as an HTTP date (RFC 9110), measured from `now`; a date in the past is 0.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::from_millis((seconds * 1000.0).ceil() as u64));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -211,18 +219,26 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_accepts_integer_and_fractional_seconds() {
+    fn retry_after_accepts_integer_fractional_seconds_and_http_dates() {
+        // 2015-10-21T07:28:00Z
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
         let cases = [
-            ("10", Some(10)),
-            ("2.128", Some(3)),
+            ("10", Some(10_000)),
+            ("2.128", Some(2_128)),
+            ("0.0001", Some(1)),
             (" 0 ", Some(0)),
+            ("Wed, 21 Oct 2015 07:28:30 GMT", Some(30_000)),
+            ("Wednesday, 21-Oct-15 07:29:00 GMT", Some(60_000)),
+            ("Wed Oct 21 07:28:05 2015", Some(5_000)),
+            ("Wed, 21 Oct 2015 07:00:00 GMT", Some(0)),
             ("-1", None),
+            ("NaN", None),
             ("soon", None),
         ];
         for (value, expected) in cases {
             assert_eq!(
-                parse_retry_after(value),
-                expected.map(Duration::from_secs),
+                parse_retry_after(value, now),
+                expected.map(Duration::from_millis),
                 "{value}"
             );
         }
@@ -245,7 +261,8 @@ mod tests {
         }
         assert!(
             GraphError::Unreachable {
-                reason: "reset".into()
+                reason: "reset".into(),
+                outcome_unknown: true,
             }
             .is_retryable()
         );

@@ -1,6 +1,12 @@
 //! The queue between SMTP and Graph: [`spool`] keeps every acknowledged message on disk until it
-//! is delivered or failed; [`scheduler`] decides which entries are due and runs their deliveries.
+//! is delivered or failed; [`scheduler`] decides which entries are due and runs their deliveries
+//! within Graph's limits; [`retry`] classifies failed attempts and decides what happens next;
+//! [`metrics`] counts what operators must see; [`control`] and [`cli`] are the `queue` command.
 
+pub mod cli;
+pub mod control;
+pub mod metrics;
+pub mod retry;
 pub mod scheduler;
 pub mod spool;
 

@@ -1,69 +1,219 @@
-//! Decides when each spooled entry is attempted: new entries at once, failed attempts after a
-//! growing delay (or Graph's Retry-After), at most `queue.concurrency` at a time. Each worker
-//! applies its own outcome to the spool before taking other work, so a delivered message leaves
-//! the spool straight after Graph's `202`.
+//! Decides when each spooled entry is attempted and keeps Graph's limits. Entries wait for their
+//! due time, then join the lane of their (authentication profile, mailbox), which is how Graph
+//! counts: at most `queue.mailbox_concurrency` requests in flight per lane, lanes served in
+//! turn, a lane paused by Retry-After or a configuration fault while the others keep flowing.
+//! Each worker applies its own outcome to the spool before it reports, so a delivered message
+//! leaves the spool straight after Graph's `202`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spool::{EntryMeta, QueueId, Spool, now_ms};
-use crate::delivery::{Delivery, Outcome};
-use crate::telemetry;
+use super::metrics::Counters;
+use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
+use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
+use crate::delivery::Outcome;
 
-/// Hands newly committed entries to the scheduler.
+/// Due entries whose lane is being worked out at once (reading and parsing their bodies).
+const RESOLVERS: usize = 4;
+
+/// Where Graph counts requests: one authentication profile sending as one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    pub profile: Arc<str>,
+    /// The sending mailbox, lower-cased.
+    pub mailbox: Arc<str>,
+}
+
+impl Lane {
+    pub fn new(profile: &str, mailbox: &str) -> Self {
+        Self {
+            profile: profile.into(),
+            mailbox: mailbox.to_ascii_lowercase().into(),
+        }
+    }
+}
+
+/// One delivery attempt, as the scheduler needs it; [`crate::delivery::Delivery`] in the
+/// relay, a scripted fake in tests.
+pub trait Attempt: Send + Sync + 'static {
+    /// The lane an entry's requests count against.
+    fn lane(&self, meta: &EntryMeta) -> impl Future<Output = Lane> + Send;
+    /// Makes one attempt (its 401 retry included) and says what became of it.
+    fn attempt(&self, meta: &EntryMeta) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Wall-clock milliseconds as persisted in the spool, advanced by tokio's clock, so waits are
+/// derived from one source and tests can pause time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    epoch_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting at the current wall-clock time.
+    pub fn system() -> Self {
+        Self::starting_at(super::spool::now_ms())
+    }
+
+    pub fn starting_at(epoch_ms: u64) -> Self {
+        Self {
+            epoch_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch_ms + self.start.elapsed().as_millis() as u64
+    }
+
+    /// The tokio instant of a wall-clock time.
+    fn instant(&self, at_ms: u64) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_millis(at_ms.saturating_sub(self.epoch_ms))
+    }
+}
+
+/// Where an entry is, as `queue list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryState {
+    /// Due, waiting for a free slot (or a paused mailbox).
+    Queued,
+    /// Waiting for its next attempt after a failed one.
+    Deferred,
+    /// Being attempted now.
+    InFlight,
+    /// In `failed/`.
+    Failed,
+}
+
+/// One entry as the control interface reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryView {
+    pub meta: EntryMeta,
+    pub state: EntryState,
+}
+
+/// Requests from the control interface.
+pub enum Command {
+    /// Every live entry and its state.
+    List(oneshot::Sender<Vec<EntryView>>),
+    /// Attempts these entries (all when `None`) now, lifting their lanes' pauses; answers how
+    /// many were found.
+    RetryNow(Option<QueueId>, oneshot::Sender<usize>),
+    /// Removes an entry that is not in flight; answers whether it was found.
+    Delete(QueueId, oneshot::Sender<Result<bool, DeleteError>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("{0} is being delivered right now; try again in a moment")]
+    InFlight(QueueId),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl DeleteError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::InFlight(_) => true,
+            Self::Spool(err) => err.is_retryable(),
+        }
+    }
+}
+
+/// Hands newly committed entries and control requests to the scheduler.
 #[derive(Clone)]
-pub struct QueueHandle(mpsc::UnboundedSender<EntryMeta>);
+pub struct QueueHandle {
+    entries: mpsc::UnboundedSender<EntryMeta>,
+    commands: mpsc::UnboundedSender<Command>,
+}
 
 impl QueueHandle {
-    /// A handle and the receiving end the scheduler (or a test) reads new entries from.
+    /// A handle whose entries arrive on the returned receiver (for tests of the SMTP side);
+    /// its control requests go nowhere.
     pub fn channel() -> (Self, mpsc::UnboundedReceiver<EntryMeta>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self(tx), rx)
+        let (entries, rx) = mpsc::unbounded_channel();
+        let (commands, _) = mpsc::unbounded_channel();
+        (Self { entries, commands }, rx)
     }
 
     pub fn enqueue(&self, meta: EntryMeta) {
         // After shutdown the scheduler is gone; the entry is on disk and found at the next start.
-        let _ = self.0.send(meta);
+        let _ = self.entries.send(meta);
+    }
+
+    /// Sends a control request; `false` when the scheduler has stopped.
+    pub fn command(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok()
     }
 }
 
-/// Delay before attempt `attempts + 1`: `initial` doubled per earlier failure, capped at `max`.
-pub fn retry_delay(attempts: u32, initial: Duration, max: Duration) -> Duration {
-    let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
-    initial.saturating_mul(factor).min(max)
+/// How the scheduler is tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests in flight across all lanes.
+    pub concurrency: usize,
+    /// Requests in flight per lane.
+    pub per_lane: usize,
 }
 
-pub struct Scheduler {
+pub struct Scheduler<A> {
     spool: Arc<Spool>,
-    delivery: Arc<Delivery>,
-    concurrency: usize,
-    retry_initial: Duration,
-    retry_max: Duration,
-    rx: mpsc::UnboundedReceiver<EntryMeta>,
+    attempt: Arc<A>,
+    policy: RetryPolicy,
+    limits: Limits,
+    clock: Clock,
+    counters: Arc<Counters>,
+    entries: mpsc::UnboundedReceiver<EntryMeta>,
+    commands: mpsc::UnboundedReceiver<Command>,
 }
 
-impl Scheduler {
+/// What a worker or resolver reports back to the scheduler loop.
+enum Report {
+    Resolved(EntryMeta, Lane),
+    Done {
+        lane: Lane,
+        id: QueueId,
+        delivered: bool,
+        retry: Option<EntryMeta>,
+        pause: Option<Pause>,
+        /// A configuration fault's cause and fix, for the one log line of its pause.
+        fault: Option<(String, &'static str)>,
+    },
+}
+
+impl<A: Attempt> Scheduler<A> {
     pub fn new(
         spool: Arc<Spool>,
-        delivery: Arc<Delivery>,
-        concurrency: usize,
-        retry_initial: Duration,
-        retry_max: Duration,
+        attempt: Arc<A>,
+        policy: RetryPolicy,
+        limits: Limits,
+        clock: Clock,
+        counters: Arc<Counters>,
     ) -> (Self, QueueHandle) {
-        let (handle, rx) = QueueHandle::channel();
+        let (entries_tx, entries) = mpsc::unbounded_channel();
+        let (commands_tx, commands) = mpsc::unbounded_channel();
         let scheduler = Self {
             spool,
-            delivery,
-            concurrency,
-            retry_initial,
-            retry_max,
-            rx,
+            attempt,
+            policy,
+            limits,
+            clock,
+            counters,
+            entries,
+            commands,
+        };
+        let handle = QueueHandle {
+            entries: entries_tx,
+            commands: commands_tx,
         };
         (scheduler, handle)
     }
@@ -75,138 +225,535 @@ impl Scheduler {
         shutdown: CancellationToken,
         workers: TaskTracker,
     ) {
-        let mut due = DueEntries::default();
+        let mut waiting = Waiting::default();
         for meta in recovered {
-            due.push(meta);
+            waiting.push(meta, None);
         }
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<EntryMeta>();
+        let mut lanes = Lanes::new(self.limits.per_lane);
+        let mut held = Held::default();
+        let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         loop {
-            let now = now_ms();
-            while due.next_at().is_some_and(|at| at <= now) {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    break;
-                };
-                let Some(meta) = due.pop() else {
-                    break;
-                };
-                let worker = Worker {
-                    spool: self.spool.clone(),
-                    delivery: self.delivery.clone(),
-                    retry_initial: self.retry_initial,
-                    retry_max: self.retry_max,
-                };
-                let retry_tx = retry_tx.clone();
+            let now = self.clock.now_ms();
+            while let Some((meta, lane)) = waiting.pop_due(now) {
+                match lane {
+                    Some(lane) => lanes.push(lane, meta),
+                    None => held.unresolved.push_back(meta),
+                }
+            }
+            while held.resolving.len() < RESOLVERS
+                && let Some(meta) = held.unresolved.pop_front()
+            {
+                held.resolving.insert(meta.id, meta.clone());
+                let attempt = self.attempt.clone();
+                let tx = report_tx.clone();
                 workers.spawn(async move {
-                    if let Some(again) = worker.deliver(meta).await {
-                        let _ = retry_tx.send(again);
-                    }
-                    drop(permit);
+                    let lane = attempt.lane(&meta).await;
+                    let _ = tx.send(Report::Resolved(meta, lane));
                 });
             }
-            let next_due = due.next_at();
-            let can_dispatch = permits.available_permits() > 0;
-            let wait = next_due.map_or(Duration::from_secs(3600), |at| {
-                Duration::from_millis(at.saturating_sub(now_ms()))
-            });
+            while held.in_flight.len() < self.limits.concurrency
+                && let Some((lane, meta)) = lanes.next(now)
+            {
+                held.in_flight.insert(meta.id, meta.clone());
+                let worker = Worker {
+                    spool: self.spool.clone(),
+                    attempt: self.attempt.clone(),
+                    policy: self.policy,
+                    clock: self.clock,
+                    counters: self.counters.clone(),
+                };
+                let tx = report_tx.clone();
+                workers.spawn(async move {
+                    let _ = tx.send(worker.deliver(lane, meta).await);
+                });
+            }
+            let wake = [waiting.next_at(), lanes.next_wake(now)]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| self.clock.instant(at));
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                Some(meta) = self.rx.recv() => due.push(meta),
-                Some(meta) = retry_rx.recv() => due.push(meta),
-                () = tokio::time::sleep(wait), if can_dispatch => {}
-                // A worker finished: a permit is free again.
-                _ = permits.acquire(), if !can_dispatch => {}
+                Some(meta) = self.entries.recv() => waiting.push(meta, None),
+                Some(command) = self.commands.recv() => {
+                    // Entries committed before the request was made are part of its answer.
+                    while let Ok(meta) = self.entries.try_recv() {
+                        waiting.push(meta, None);
+                    }
+                    self.command(command, &mut waiting, &mut lanes, &mut held);
+                }
+                Some(report) = report_rx.recv() => match report {
+                    Report::Resolved(meta, lane) => {
+                        held.resolving.remove(&meta.id);
+                        lanes.push(lane, meta);
+                    }
+                    Report::Done { lane, id, delivered, retry, pause, fault } => {
+                        held.in_flight.remove(&id);
+                        if let Some(pause) = pause {
+                            let newly = lanes.pause(&lane, pause);
+                            if let (true, Some((cause, fix))) = (newly, fault) {
+                                let scope = match pause.scope {
+                                    FaultScope::Mailbox => "mailbox",
+                                    FaultScope::Profile => "authentication profile",
+                                };
+                                tracing::error!(
+                                    profile = %lane.profile,
+                                    mailbox = %lane.mailbox,
+                                    %cause,
+                                    fix,
+                                    retry_in_s = pause.until_ms.saturating_sub(self.clock.now_ms()) / 1000,
+                                    "configuration fault: {scope} paused, its messages stay queued; fix: {fix}"
+                                );
+                            }
+                        }
+                        lanes.done(&lane, delivered);
+                        if let Some(meta) = retry {
+                            waiting.push(meta, Some(lane));
+                        }
+                    }
+                },
+                () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn command(&self, command: Command, waiting: &mut Waiting, lanes: &mut Lanes, held: &mut Held) {
+        let now = self.clock.now_ms();
+        match command {
+            Command::List(reply) => {
+                let mut views: Vec<EntryView> = waiting
+                    .entries
+                    .values()
+                    .map(|(meta, _)| EntryView {
+                        meta: meta.clone(),
+                        state: if meta.next_attempt_at_ms > now && meta.attempts > 0 {
+                            EntryState::Deferred
+                        } else {
+                            EntryState::Queued
+                        },
+                    })
+                    .chain(
+                        lanes
+                            .entries()
+                            .chain(&held.unresolved)
+                            .chain(held.resolving.values())
+                            .map(|meta| EntryView {
+                                meta: meta.clone(),
+                                state: EntryState::Queued,
+                            }),
+                    )
+                    .chain(held.in_flight.values().map(|meta| EntryView {
+                        meta: meta.clone(),
+                        state: EntryState::InFlight,
+                    }))
+                    .collect();
+                views.sort_by_key(|view| view.meta.id);
+                let _ = reply.send(views);
+            }
+            Command::RetryNow(id, reply) => {
+                let found = waiting.make_due(id, now, |lane| lanes.lift(lane)) + lanes.lift_for(id);
+                let _ = reply.send(found);
+            }
+            Command::Delete(id, reply) => {
+                let result = if held.in_flight.contains_key(&id) || held.resolving.contains_key(&id)
+                {
+                    Err(DeleteError::InFlight(id))
+                } else if waiting.remove(id) || lanes.remove(id) || held.remove_unresolved(id) {
+                    self.spool.remove(id).map(|()| true).map_err(Into::into)
+                } else {
+                    Ok(false)
+                };
+                let _ = reply.send(result);
             }
         }
     }
 }
 
-/// Entries waiting for their next attempt, earliest first.
-#[derive(Default)]
-struct DueEntries {
-    order: BinaryHeap<Reverse<(u64, QueueId)>>,
-    entries: HashMap<QueueId, EntryMeta>,
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
-impl DueEntries {
-    fn push(&mut self, meta: EntryMeta) {
+/// Entries the loop holds outside [`Waiting`] and [`Lanes`].
+#[derive(Default)]
+struct Held {
+    /// Due, lane not known yet.
+    unresolved: VecDeque<EntryMeta>,
+    /// Lane being worked out.
+    resolving: HashMap<QueueId, EntryMeta>,
+    /// Being attempted.
+    in_flight: HashMap<QueueId, EntryMeta>,
+}
+
+impl Held {
+    fn remove_unresolved(&mut self, id: QueueId) -> bool {
+        let before = self.unresolved.len();
+        self.unresolved.retain(|meta| meta.id != id);
+        self.unresolved.len() != before
+    }
+}
+
+/// Entries waiting for their due time, earliest first; the lane is kept once known.
+#[derive(Default)]
+struct Waiting {
+    order: BinaryHeap<Reverse<(u64, QueueId)>>,
+    entries: HashMap<QueueId, (EntryMeta, Option<Lane>)>,
+}
+
+impl Waiting {
+    fn push(&mut self, meta: EntryMeta, lane: Option<Lane>) {
         self.order.push(Reverse((meta.next_attempt_at_ms, meta.id)));
-        self.entries.insert(meta.id, meta);
+        self.entries.insert(meta.id, (meta, lane));
     }
 
-    fn next_at(&self) -> Option<u64> {
+    /// Drops heap items whose entry was removed or rescheduled.
+    fn skip_stale(&mut self) {
+        while let Some(Reverse((at, id))) = self.order.peek() {
+            match self.entries.get(id) {
+                Some((meta, _)) if meta.next_attempt_at_ms == *at => return,
+                _ => {
+                    self.order.pop();
+                }
+            }
+        }
+    }
+
+    fn next_at(&mut self) -> Option<u64> {
+        self.skip_stale();
         self.order.peek().map(|Reverse((at, _))| *at)
     }
 
-    fn pop(&mut self) -> Option<EntryMeta> {
+    fn pop_due(&mut self, now: u64) -> Option<(EntryMeta, Option<Lane>)> {
+        if self.next_at()? > now {
+            return None;
+        }
         let Reverse((_, id)) = self.order.pop()?;
         self.entries.remove(&id)
     }
+
+    fn remove(&mut self, id: QueueId) -> bool {
+        self.entries.remove(&id).is_some()
+    }
+
+    /// Makes `id` (or every entry) due now; returns how many, calling `lift` for known lanes.
+    fn make_due(&mut self, id: Option<QueueId>, now: u64, mut lift: impl FnMut(&Lane)) -> usize {
+        let ids: Vec<QueueId> = match id {
+            Some(id) => self
+                .entries
+                .contains_key(&id)
+                .then_some(id)
+                .into_iter()
+                .collect(),
+            None => self.entries.keys().copied().collect(),
+        };
+        for id in &ids {
+            if let Some((mut meta, lane)) = self.entries.remove(id) {
+                if let Some(lane) = &lane {
+                    lift(lane);
+                }
+                meta.next_attempt_at_ms = now;
+                self.push(meta, lane);
+            }
+        }
+        ids.len()
+    }
 }
 
-struct Worker {
+/// The lanes with due work, served in turn.
+struct Lanes {
+    lanes: HashMap<Lane, LaneState>,
+    /// Lanes with waiting entries, in service order; each appears once.
+    turn: VecDeque<Lane>,
+    per_lane: usize,
+    /// Pauses of whole authentication profiles, applied to lanes created later too.
+    profile_pauses: HashMap<Arc<str>, Pause>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    waiting: VecDeque<EntryMeta>,
+    in_flight: usize,
+    paused_until: u64,
+    /// After a configuration fault: one request at a time until one is delivered.
+    probing: bool,
+    in_turn: bool,
+}
+
+impl Lanes {
+    fn new(per_lane: usize) -> Self {
+        Self {
+            lanes: HashMap::new(),
+            turn: VecDeque::new(),
+            per_lane,
+            profile_pauses: HashMap::new(),
+        }
+    }
+
+    fn state(&mut self, lane: &Lane) -> &mut LaneState {
+        let pause = self.profile_pauses.get(&lane.profile).copied();
+        self.lanes.entry(lane.clone()).or_insert_with(|| {
+            let mut state = LaneState::default();
+            if let Some(pause) = pause {
+                state.paused_until = pause.until_ms;
+                state.probing = pause.probe;
+            }
+            state
+        })
+    }
+
+    fn push(&mut self, lane: Lane, meta: EntryMeta) {
+        let state = self.state(&lane);
+        state.waiting.push_back(meta);
+        if !state.in_turn {
+            state.in_turn = true;
+            self.turn.push_back(lane);
+        }
+    }
+
+    /// The next entry to send: lanes take turns, one entry each, skipping paused and full ones.
+    fn next(&mut self, now: u64) -> Option<(Lane, EntryMeta)> {
+        for _ in 0..self.turn.len() {
+            let lane = self.turn.pop_front()?;
+            let per_lane = self.per_lane;
+            let state = self.lanes.get_mut(&lane)?;
+            let limit = if state.probing { 1 } else { per_lane };
+            if state.paused_until <= now
+                && state.in_flight < limit
+                && let Some(meta) = state.waiting.pop_front()
+            {
+                state.in_flight += 1;
+                if state.waiting.is_empty() {
+                    state.in_turn = false;
+                } else {
+                    self.turn.push_back(lane.clone());
+                }
+                return Some((lane, meta));
+            }
+            self.turn.push_back(lane);
+        }
+        None
+    }
+
+    /// When a paused lane with waiting entries may send again.
+    fn next_wake(&self, now: u64) -> Option<u64> {
+        self.lanes
+            .values()
+            .filter(|state| !state.waiting.is_empty() && state.paused_until > now)
+            .map(|state| state.paused_until)
+            .min()
+    }
+
+    fn done(&mut self, lane: &Lane, delivered: bool) {
+        let state = self.state(lane);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if delivered {
+            state.probing = false;
+        }
+        let forget = state.in_flight == 0 && state.waiting.is_empty() && state.paused_until == 0;
+        if forget {
+            self.lanes.remove(lane);
+        }
+    }
+
+    /// Pauses a lane or its whole profile; `true` when this starts a new pause.
+    fn pause(&mut self, lane: &Lane, pause: Pause) -> bool {
+        let apply = |state: &mut LaneState| {
+            let newly = state.paused_until < pause.until_ms && !state.probing;
+            state.paused_until = state.paused_until.max(pause.until_ms);
+            state.probing |= pause.probe;
+            newly
+        };
+        match pause.scope {
+            FaultScope::Mailbox => apply(self.state(lane)),
+            FaultScope::Profile => {
+                let newly = !self.profile_pauses.contains_key(&lane.profile);
+                self.profile_pauses.insert(lane.profile.clone(), pause);
+                self.state(lane);
+                for (_, state) in self
+                    .lanes
+                    .iter_mut()
+                    .filter(|(l, _)| l.profile == lane.profile)
+                {
+                    apply(state);
+                }
+                newly
+            }
+        }
+    }
+
+    /// Lifts a lane's pause (an operator asked for a retry now).
+    fn lift(&mut self, lane: &Lane) {
+        self.profile_pauses.remove(&lane.profile);
+        if let Some(state) = self.lanes.get_mut(lane) {
+            state.paused_until = 0;
+        }
+    }
+
+    /// Lifts the pause of the lane holding `id` (every lane when `None`); returns how many
+    /// entries that makes sendable.
+    fn lift_for(&mut self, id: Option<QueueId>) -> usize {
+        self.profile_pauses.retain(|_, _| id.is_some());
+        let mut found = 0;
+        for state in self.lanes.values_mut() {
+            let holds = match id {
+                Some(id) => state.waiting.iter().any(|meta| meta.id == id),
+                None => !state.waiting.is_empty(),
+            };
+            if holds {
+                state.paused_until = 0;
+                found += match id {
+                    Some(_) => 1,
+                    None => state.waiting.len(),
+                };
+            }
+        }
+        found
+    }
+
+    fn remove(&mut self, id: QueueId) -> bool {
+        for state in self.lanes.values_mut() {
+            if let Some(at) = state.waiting.iter().position(|meta| meta.id == id) {
+                state.waiting.remove(at);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &EntryMeta> {
+        self.lanes.values().flat_map(|state| state.waiting.iter())
+    }
+}
+
+struct Worker<A> {
     spool: Arc<Spool>,
-    delivery: Arc<Delivery>,
-    retry_initial: Duration,
-    retry_max: Duration,
+    attempt: Arc<A>,
+    policy: RetryPolicy,
+    clock: Clock,
+    counters: Arc<Counters>,
 }
 
-impl Worker {
-    /// Attempts one delivery and records the outcome in the spool; returns the entry when it
-    /// must be attempted again.
-    async fn deliver(self, mut meta: EntryMeta) -> Option<EntryMeta> {
-        let outcome = self.delivery.attempt(&meta).await;
+impl<A: Attempt> Worker<A> {
+    /// Attempts one delivery and records the outcome in the spool before reporting it.
+    async fn deliver(self, lane: Lane, mut meta: EntryMeta) -> Report {
+        let outcome = self.attempt.attempt(&meta).await;
         meta.attempts += 1;
-        let spool = self.spool.clone();
         let id = meta.id;
-        let (meta, result) = match outcome {
+        let spool = self.spool.clone();
+        let (class, retry_after, reason) = match outcome {
             Outcome::Delivered => {
-                metrics::counter!(telemetry::MESSAGES_DELIVERED).increment(1);
+                self.counters.delivered();
                 let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
-                (None, result.map_err(|join| join.to_string()))
+                log_spool_result(id, result);
+                return Report::Done {
+                    lane,
+                    id,
+                    delivered: true,
+                    retry: None,
+                    pause: None,
+                    fault: None,
+                };
             }
-            Outcome::Failed { reason } => {
-                metrics::counter!(telemetry::MESSAGES_FAILED, "reason" => "refused").increment(1);
-                tracing::warn!(queue_id = %id, reason = %reason, "message failed permanently");
-                meta.last_error = Some(reason);
-                let result = tokio::task::spawn_blocking(move || spool.fail(&meta)).await;
-                (None, result.map_err(|join| join.to_string()))
+            Outcome::NotDelivered {
+                class,
+                retry_after,
+                reason,
+            } => (class, retry_after, reason),
+        };
+        let decision = self.policy.decide(
+            class,
+            retry_after,
+            meta.attempts,
+            meta.envelope.received_at_ms,
+            self.clock.now_ms(),
+            fastrand::f64(),
+        );
+        let fault = match class {
+            Class::ConfigFault { fix, .. } => {
+                self.counters.config_fault();
+                Some((reason.clone(), fix))
             }
-            Outcome::Retry { reason, after } => {
-                metrics::counter!(telemetry::MESSAGES_RETRIED).increment(1);
-                let backoff = retry_delay(meta.attempts, self.retry_initial, self.retry_max);
-                let delay = after.map_or(backoff, |after| after.min(self.retry_max));
-                meta.next_attempt_at_ms = now_ms() + delay.as_millis() as u64;
-                tracing::info!(queue_id = %id, retry_in_s = delay.as_secs_f64(), reason = %reason, "delivery deferred");
+            _ => None,
+        };
+        match decision {
+            Decision::Retry { at_ms, pause } => {
+                self.counters.retried();
+                match class {
+                    Class::Ambiguous => self.counters.ambiguous_retry(),
+                    Class::Throttled => self.counters.throttled(&lane.mailbox),
+                    _ => {}
+                }
+                tracing::info!(
+                    queue_id = %id,
+                    mailbox = %lane.mailbox,
+                    attempts = meta.attempts,
+                    retry_in_ms = at_ms.saturating_sub(self.clock.now_ms()),
+                    %reason,
+                    "delivery deferred"
+                );
+                meta.next_attempt_at_ms = at_ms;
                 meta.last_error = Some(reason);
                 let persisted = meta.clone();
                 let result = tokio::task::spawn_blocking(move || spool.update(&persisted)).await;
-                (Some(meta), result.map_err(|join| join.to_string()))
+                log_spool_result(id, result);
+                Report::Done {
+                    lane,
+                    id,
+                    delivered: false,
+                    retry: Some(meta),
+                    pause,
+                    fault,
+                }
             }
-        };
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::error!(queue_id = %id, error = %err, "cannot record the delivery outcome in the spool");
+            Decision::Fail { why } => {
+                self.counters.failed(failure_label(why));
+                meta.last_error = Some(format!("{why}: {reason}"));
+                tracing::warn!(
+                    event = "message_failed",
+                    queue_id = %id,
+                    mailbox = %lane.mailbox,
+                    mail_from = %meta.envelope.mail_from,
+                    recipients = meta.envelope.rcpt_to.len(),
+                    attempts = meta.attempts,
+                    reason = meta.last_error.as_deref().unwrap_or(""),
+                    "message failed; moved to failed/"
+                );
+                let failed = meta.clone();
+                let result = tokio::task::spawn_blocking(move || spool.fail(&failed)).await;
+                log_spool_result(id, result);
+                Report::Done {
+                    lane,
+                    id,
+                    delivered: false,
+                    retry: None,
+                    pause: None,
+                    fault: None,
+                }
             }
-            Err(err) => tracing::error!(queue_id = %id, error = %err, "spool task failed"),
         }
-        meta
+    }
+}
+
+/// The `reason` label of a failed message, from the policy's explanation.
+fn failure_label(why: &str) -> &'static str {
+    match why {
+        "refused" => "refused",
+        "too large for one request" => "too_large",
+        _ => "expired",
+    }
+}
+
+fn log_spool_result(id: QueueId, result: Result<Result<(), SpoolError>, tokio::task::JoinError>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::error!(queue_id = %id, error = %err, "cannot record the delivery outcome in the spool");
+        }
+        Err(err) => tracing::error!(queue_id = %id, error = %err, "spool task failed"),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delay_doubles_from_initial_up_to_max() {
-        let initial = Duration::from_secs(30);
-        let max = Duration::from_secs(3600);
-        let delays: Vec<u64> = (1..=9)
-            .map(|attempts| retry_delay(attempts, initial, max).as_secs())
-            .collect();
-        assert_eq!(delays, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
-        assert_eq!(retry_delay(u32::MAX, initial, max), max);
-    }
-}
+mod tests;

@@ -10,7 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -85,13 +86,30 @@ pub enum SpoolError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "spool holds {used} bytes; {size} more would pass queue.max_size ({max}); new mail waits until deliveries make room"
+    )]
+    OverSize { used: u64, size: u64, max: u64 },
 }
 
 impl SpoolError {
-    /// Spool I/O fails for reasons an operator must fix (disk full, permissions); a later
-    /// attempt can succeed once they are fixed.
+    /// Spool I/O fails for reasons an operator must fix (disk full, permissions), and a full
+    /// spool drains; a later attempt can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Io { .. })
+        matches!(self, Self::Io { .. } | Self::OverSize { .. })
+    }
+
+    /// No room for new mail: the disk is full or the spool is over `queue.max_size`
+    /// (SMTP answers `452 4.3.1`).
+    pub fn is_full(&self) -> bool {
+        match self {
+            Self::OverSize { .. } => true,
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -172,8 +190,30 @@ pub struct Spool {
     dir: PathBuf,
     failed_dir: PathBuf,
     fs: Arc<dyn FileOps>,
+    /// Bytes of message bodies in the live queue.
+    used: AtomicU64,
+    /// `queue.max_size`.
+    max_size: Option<u64>,
+    /// Commits that arrive together share one directory fsync.
+    dir_sync: DirSync,
     /// Held for the life of the spool: one process per spool directory.
     _lock: File,
+}
+
+/// Group commit of the spool directory: each committer takes a ticket after its rename; one
+/// of them fsyncs the directory for every ticket issued before the fsync started, the others
+/// wait for it. No commit returns before an fsync that began after its rename.
+#[derive(Default)]
+struct DirSync {
+    state: Mutex<DirSyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct DirSyncState {
+    issued: u64,
+    synced: u64,
+    syncing: bool,
 }
 
 /// What a freshly opened spool found on disk.
@@ -220,10 +260,30 @@ impl Spool {
             dir: dir.to_path_buf(),
             failed_dir,
             fs,
+            used: AtomicU64::new(0),
+            max_size: None,
+            dir_sync: DirSync::default(),
             _lock: lock,
         };
         let recovered = spool.recover()?;
+        let used = recovered
+            .entries
+            .iter()
+            .map(|meta| body_size(&spool.body_path(meta.id)))
+            .sum();
+        spool.used.store(used, Ordering::Relaxed);
         Ok((spool, recovered))
+    }
+
+    /// Limits the total size of queued bodies (`queue.max_size`).
+    pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Bytes of message bodies in the live queue.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -248,6 +308,22 @@ impl Spool {
             let path = dirent.map_err(io_err(&self.dir))?.path();
             match path.extension().and_then(|ext| ext.to_str()) {
                 Some(META_EXT) => match read_meta(&path) {
+                    // A crash inside `fail` after the body moved: finish the move.
+                    Ok(meta)
+                        if !self.body_path(meta.id).exists()
+                            && self
+                                .failed_dir
+                                .join(format!("{}.{BODY_EXT}", meta.id))
+                                .exists() =>
+                    {
+                        self.write_meta(&self.failed_dir, &meta)?;
+                        self.fs.remove(&path).map_err(io_err(&path))?;
+                    }
+                    Ok(meta) if !self.body_path(meta.id).exists() => {
+                        tracing::error!(queue_id = %meta.id, "quarantining spool entry without a body");
+                        self.quarantine(&path)?;
+                        quarantined += 1;
+                    }
                     Ok(meta) => entries.push(meta),
                     Err(err) => {
                         tracing::error!(error = %err, "quarantining spool entry");
@@ -345,15 +421,60 @@ impl Spool {
             next_attempt_at_ms: now_ms(),
             last_error: None,
         };
+        let used = self.used.fetch_add(incoming.size, Ordering::Relaxed);
+        if let Some(max) = self.max_size
+            && used + incoming.size > max
+        {
+            self.used.fetch_sub(incoming.size, Ordering::Relaxed);
+            let size = incoming.size;
+            self.abort(incoming);
+            return Err(SpoolError::OverSize { used, size, max });
+        }
+        let meta_path = self.meta_path(meta.id);
         let result = self
             .fs
             .sync(&incoming.file, &incoming.path)
             .map_err(io_err(&incoming.path))
-            .and_then(|()| self.write_meta(&self.dir, &meta));
+            .and_then(|()| self.write_meta_unsynced(&self.dir, &meta))
+            .and_then(|()| {
+                self.sync_dir_grouped().inspect_err(|_| {
+                    // Renamed but not durable: never acknowledged, so not kept either.
+                    let _ = self.fs.remove(&meta_path);
+                })
+            });
         if result.is_err() {
+            self.used.fetch_sub(incoming.size, Ordering::Relaxed);
             self.abort(incoming);
         }
         result.map(|()| meta)
+    }
+
+    /// Fsyncs the spool directory, sharing the fsync with commits that arrive meanwhile.
+    fn sync_dir_grouped(&self) -> Result<(), SpoolError> {
+        let sync = &self.dir_sync;
+        let mut state = sync.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.issued += 1;
+        let ticket = state.issued;
+        loop {
+            if state.synced >= ticket {
+                return Ok(());
+            }
+            if !state.syncing {
+                state.syncing = true;
+                let covers = state.issued;
+                drop(state);
+                let result = self.fs.sync_dir(&self.dir);
+                state = sync.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.syncing = false;
+                if result.is_ok() {
+                    state.synced = state.synced.max(covers);
+                }
+                sync.done.notify_all();
+                // On failure the waiting committers try the fsync themselves.
+                return result.map_err(io_err(&self.dir));
+            }
+            state = sync.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Drops a message that will not be acknowledged.
@@ -368,9 +489,17 @@ impl Spool {
 
     /// Writes `meta` into `dir` atomically: temp file, fsync, rename, fsync the directory.
     fn write_meta(&self, dir: &Path, meta: &EntryMeta) -> Result<(), SpoolError> {
+        self.write_meta_unsynced(dir, meta)?;
+        self.fs.sync_dir(dir).map_err(io_err(dir))
+    }
+
+    /// Temp file, fsync, rename; the caller fsyncs the directory.
+    fn write_meta_unsynced(&self, dir: &Path, meta: &EntryMeta) -> Result<(), SpoolError> {
         let final_path = dir.join(format!("{}.{META_EXT}", meta.id));
         let tmp_path = dir.join(format!("{}.{TMP_EXT}", meta.id));
         let json = serde_json::to_vec(meta).expect("entry metadata always serialises");
+        // The temp file of an earlier write that crashed would block `create_new`.
+        let _ = std::fs::remove_file(&tmp_path);
         let mut file = self.fs.create(&tmp_path).map_err(io_err(&tmp_path))?;
         let written = self
             .fs
@@ -382,7 +511,7 @@ impl Spool {
             let _ = self.fs.remove(&tmp_path);
             return Err(io_err(&tmp_path)(err));
         }
-        self.fs.sync_dir(dir).map_err(io_err(dir))
+        Ok(())
     }
 
     /// Persists a changed entry (attempt count, next attempt, last error).
@@ -390,9 +519,6 @@ impl Spool {
     /// # Errors
     /// The metadata could not be rewritten; the previous version stays in place.
     pub fn update(&self, meta: &EntryMeta) -> Result<(), SpoolError> {
-        // The temp file of a previous crashed update would block `create_new`.
-        let tmp = self.dir.join(format!("{}.{TMP_EXT}", meta.id));
-        let _ = std::fs::remove_file(tmp);
         self.write_meta(&self.dir, meta)
     }
 
@@ -414,7 +540,10 @@ impl Spool {
         let meta = self.meta_path(id);
         self.fs.remove(&meta).map_err(io_err(&meta))?;
         let body = self.body_path(id);
+        let size = body_size(&body);
         self.fs.remove(&body).map_err(io_err(&body))?;
+        self.used
+            .fetch_sub(size.min(self.used()), Ordering::Relaxed);
         self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
     }
 
@@ -425,11 +554,57 @@ impl Spool {
     pub fn fail(&self, meta: &EntryMeta) -> Result<(), SpoolError> {
         let body = self.body_path(meta.id);
         let failed_body = self.failed_dir.join(format!("{}.{BODY_EXT}", meta.id));
+        let size = body_size(&body);
         self.fs.rename(&body, &failed_body).map_err(io_err(&body))?;
+        self.used
+            .fetch_sub(size.min(self.used()), Ordering::Relaxed);
         self.write_meta(&self.failed_dir, meta)?;
         let live_meta = self.meta_path(meta.id);
         self.fs.remove(&live_meta).map_err(io_err(&live_meta))?;
         self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// Moves a failed entry back into the live queue, due now (an operator's retry).
+    ///
+    /// # Errors
+    /// The entry is not in `failed/`, or a file operation failed (the entry stays failed).
+    pub fn requeue(&self, id: QueueId) -> Result<EntryMeta, SpoolError> {
+        let failed_meta = self.failed_dir.join(format!("{id}.{META_EXT}"));
+        let mut meta = read_meta(&failed_meta)?;
+        meta.next_attempt_at_ms = now_ms();
+        // The live meta comes first: until the body is back, recovery finds the body in
+        // failed/ and finishes the entry as failed, so a crash never orphans the body.
+        let failed_body = self.failed_dir.join(format!("{id}.{BODY_EXT}"));
+        let body = self.body_path(id);
+        self.write_meta(&self.dir, &meta)?;
+        self.fs
+            .rename(&failed_body, &body)
+            .map_err(io_err(&failed_body))?;
+        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.fs.remove(&failed_meta).map_err(io_err(&failed_meta))?;
+        self.fs
+            .sync_dir(&self.failed_dir)
+            .map_err(io_err(&self.failed_dir))?;
+        self.used.fetch_add(body_size(&body), Ordering::Relaxed);
+        Ok(meta)
+    }
+
+    /// Deletes an entry from `failed/`; `false` when there is none with this id.
+    ///
+    /// # Errors
+    /// A file could not be removed.
+    pub fn delete_failed(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let meta = self.failed_dir.join(format!("{id}.{META_EXT}"));
+        if !meta.exists() {
+            return Ok(false);
+        }
+        self.fs.remove(&meta).map_err(io_err(&meta))?;
+        let body = self.failed_dir.join(format!("{id}.{BODY_EXT}"));
+        self.fs.remove(&body).map_err(io_err(&body))?;
+        self.fs
+            .sync_dir(&self.failed_dir)
+            .map_err(io_err(&self.failed_dir))?;
+        Ok(true)
     }
 
     /// Entries in `failed/`, oldest first.
@@ -447,6 +622,10 @@ impl Spool {
         entries.sort_by_key(|meta| meta.id);
         Ok(entries)
     }
+}
+
+fn body_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 fn read_meta(path: &Path) -> Result<EntryMeta, SpoolError> {

@@ -126,6 +126,9 @@ impl Reply {
         "Cannot queue the message now, try again later",
     );
 
+    /// The disk is full or the spool is over `queue.max_size`: the client should try later.
+    pub const SPOOL_FULL: Reply = reply(452, (4, 3, 1), "Queue full, try again later");
+
     /// `501` for a syntax error, naming the expected syntax.
     pub fn syntax(expected: &str) -> Self {
         Self {

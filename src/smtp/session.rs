@@ -487,6 +487,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.push(Reply::queued(meta.id));
                 self.ctx.queue.enqueue(meta);
             }
+            Err(err) if err.is_full() => {
+                tracing::warn!(client = %self.peer, error = %err, "spool full; message refused for now");
+                self.push(Reply::SPOOL_FULL);
+            }
             Err(err) => {
                 tracing::error!(client = %self.peer, error = %err, "cannot commit message to the spool");
                 self.push(Reply::LOCAL_ERROR);

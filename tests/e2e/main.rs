@@ -4,6 +4,8 @@
 mod operations;
 mod support;
 
+mod delivery;
+
 use std::time::Duration;
 
 use base64::Engine;
@@ -234,6 +236,8 @@ async fn acknowledged_message_survives_a_crash_and_arrives_once() {
         "not delivered after restart: {}",
         relay.logs()
     );
+    // Exactly once is right here, not merely at least once: every attempt before the kill got
+    // a definite 503, so no request had an unknown outcome that a retry could duplicate.
     // Give a duplicate every chance to show up.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let accepted = accepted_messages(&emulator);

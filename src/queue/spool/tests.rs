@@ -254,3 +254,252 @@ fn a_failed_commit_leaves_nothing_behind() {
         .count();
     assert_eq!(leftovers, 0);
 }
+
+/// Performs the first `allowed` file operations for real and fails every later one, as if the
+/// process had died there (nothing after the crash point reaches the disk).
+struct CrashAfter {
+    allowed: usize,
+    done: Mutex<usize>,
+}
+
+impl CrashAfter {
+    fn new(allowed: usize) -> Arc<Self> {
+        Arc::new(Self {
+            allowed,
+            done: Mutex::new(0),
+        })
+    }
+
+    fn step(&self) -> io::Result<()> {
+        let mut done = self.done.lock().unwrap();
+        *done += 1;
+        if *done > self.allowed {
+            return Err(io::Error::other("crash point"));
+        }
+        Ok(())
+    }
+}
+
+impl FileOps for CrashAfter {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        self.step()?;
+        RealFs.create(path)
+    }
+    fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.step()?;
+        RealFs.write(file, path, bytes)
+    }
+    fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
+        self.step()?;
+        RealFs.sync(file, path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step()?;
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step()?;
+        RealFs.sync_dir(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.step()?;
+        RealFs.remove(path)
+    }
+}
+
+/// Live entries after a restart, each with its body; no stray files left beside them.
+fn reopen(dir: &Path) -> (Spool, Vec<EntryMeta>) {
+    let (spool, recovered) = Spool::open(dir).unwrap();
+    for meta in &recovered.entries {
+        assert!(spool.read_body(meta.id).is_ok(), "entry without body");
+    }
+    let stray: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".eml") || n.ends_with(".tmp"))
+        .filter(|n| {
+            !recovered
+                .entries
+                .iter()
+                .any(|m| n.starts_with(&m.id.to_string()))
+        })
+        .collect();
+    assert!(stray.is_empty(), "stray files {stray:?}");
+    (spool, recovered.entries)
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_commit_loses_no_acknowledged_message() {
+    // create, write, fsync body; create, write, fsync, rename meta; fsync dir: 8 steps.
+    for allowed in 0..=8 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let committed = {
+            let (spool, _) = Spool::open_with(&dir, CrashAfter::new(allowed)).unwrap();
+            spool
+                .receive()
+                .and_then(|mut incoming| {
+                    spool.append(&mut incoming, b"body")?;
+                    spool.commit(incoming, envelope())
+                })
+                .ok()
+        };
+        let (spool, entries) = reopen(&dir);
+        match &committed {
+            // Acknowledged: it must be there, intact.
+            Some(meta) => {
+                assert_eq!(entries, vec![meta.clone()], "step {allowed}");
+                assert_eq!(spool.read_body(meta.id).unwrap(), b"body");
+            }
+            // Not acknowledged: it may be there (the client retries: at least once) or not.
+            None => assert!(entries.len() <= 1, "step {allowed}"),
+        }
+        assert_eq!(allowed == 8, committed.is_some(), "step {allowed}");
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_update_remove_or_fail_keeps_the_entry_whole() {
+    type Op = fn(&Spool, &EntryMeta) -> Result<(), SpoolError>;
+    let ops: [(&str, Op, usize); 3] = [
+        ("update", |s, m| s.update(m), 5),
+        ("remove", |s, m| s.remove(m.id), 3),
+        ("fail", |s, m| s.fail(m), 8),
+    ];
+    for (name, op, steps) in ops {
+        for allowed in 0..=steps {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("q");
+            let mut meta = {
+                let (spool, _) = Spool::open(&dir).unwrap();
+                commit(&spool, b"body")
+            };
+            meta.attempts = 3;
+            meta.last_error = Some("HTTP 503".into());
+            let result = {
+                let (spool, _) = Spool::open_with(&dir, CrashAfter::new(allowed)).unwrap();
+                op(&spool, &meta)
+            };
+            let (spool, entries) = reopen(&dir);
+            let failed = spool.failed_entries().unwrap();
+            let here = format!("{name} step {allowed}: {result:?}");
+            // The entry is either still live (whole) or gone where the operation sends it.
+            match (name, entries.len(), failed.len()) {
+                (_, 1, 0) => assert_eq!(entries[0].id, meta.id, "{here}"),
+                ("remove", 0, 0) | ("fail", 0, 1) => {}
+                other => panic!("{here}: {other:?}"),
+            }
+            if result.is_ok() {
+                match name {
+                    "update" => assert_eq!(entries[0].attempts, 3, "{here}"),
+                    "remove" => assert!(entries.is_empty(), "{here}"),
+                    _ => assert_eq!(failed[0].last_error.as_deref(), Some("HTTP 503"), "{here}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_spool_refuses_mail_over_max_size_and_makes_room_as_entries_leave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let spool = spool.with_max_size(Some(10));
+    let first = commit(&spool, b"123456");
+    let mut incoming = spool.receive().unwrap();
+    spool.append(&mut incoming, b"12345").unwrap();
+    let err = spool.commit(incoming, envelope()).unwrap_err();
+    assert!(err.is_full() && err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("queue.max_size"), "{err}");
+    assert_eq!(spool.used(), 6);
+    spool.remove(first.id).unwrap();
+    assert_eq!(spool.used(), 0);
+    commit(&spool, b"12345");
+    // Reopening counts what is queued.
+    drop(spool);
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    assert_eq!(spool.used(), 5);
+    let disk_full = SpoolError::Io {
+        path: "x".into(),
+        source: io::Error::from(io::ErrorKind::StorageFull),
+    };
+    assert!(disk_full.is_full());
+}
+
+/// Logs the start and end of each directory fsync, which takes a while, so commits pile up.
+#[derive(Default)]
+struct SlowDirSync {
+    log: Mutex<Vec<String>>,
+}
+
+impl FileOps for SlowDirSync {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        RealFs.create(path)
+    }
+    fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        RealFs.write(file, path, bytes)
+    }
+    fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
+        RealFs.sync(file, path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)?;
+        let name = to.file_name().unwrap().to_string_lossy().into_owned();
+        self.log.lock().unwrap().push(format!("rename {name}"));
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.log.lock().unwrap().push("fsync-dir start".into());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        RealFs.sync_dir(dir)?;
+        self.log.lock().unwrap().push("fsync-dir end".into());
+        Ok(())
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+}
+
+#[test]
+fn commits_arriving_together_share_a_flush_and_none_returns_before_its_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Arc::new(SlowDirSync::default());
+    let (spool, _) = Spool::open_with(tmp.path(), fs.clone()).unwrap();
+    let spool = Arc::new(spool);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (spool, fs) = (spool.clone(), fs.clone());
+            std::thread::spawn(move || {
+                let meta = commit(&spool, b"body");
+                // The moment SMTP would answer 250.
+                fs.log.lock().unwrap().push(format!("ack {}.json", meta.id));
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let log = fs.log.lock().unwrap().clone();
+    let flushes = log.iter().filter(|l| *l == "fsync-dir start").count();
+    assert!(flushes < 16, "{flushes} flushes for 16 commits: {log:#?}");
+    for (ack_at, line) in log
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("ack "))
+    {
+        let name = &line["ack ".len()..];
+        let renamed_at = log
+            .iter()
+            .position(|l| *l == format!("rename {name}"))
+            .unwrap();
+        // A flush that started after the rename and ended before the acknowledgement.
+        let covered = (renamed_at..ack_at).any(|start| {
+            log[start] == "fsync-dir start"
+                && log[start..ack_at].iter().any(|l| l == "fsync-dir end")
+        });
+        assert!(
+            covered,
+            "{name} acknowledged without a covering flush: {log:#?}"
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! Scheduler tests on paused tokio time with a scripted [`Attempt`]: the per-lane limit is
+//! never exceeded and is reached, Retry-After pauses only its mailbox and the retry lands within
+//! a second after it, lanes are served fairly, configuration faults probe one at a time.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::queue::spool::Envelope;
+
+/// Every attempt takes `latency`; answers are scripted per mailbox, then `Delivered`.
+struct Scripted {
+    latency: Duration,
+    script: Mutex<HashMap<String, VecDeque<Outcome>>>,
+    /// (mailbox, start, end) of every attempt.
+    log: Mutex<Vec<(String, Instant, Instant)>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    max_in_flight: Mutex<HashMap<String, usize>>,
+}
+
+impl Scripted {
+    fn new(latency: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            latency,
+            script: Mutex::default(),
+            log: Mutex::default(),
+            in_flight: Mutex::default(),
+            max_in_flight: Mutex::default(),
+        })
+    }
+
+    fn answer(&self, mailbox: &str, outcome: Outcome) {
+        let mut script = self.script.lock().unwrap();
+        script.entry(mailbox.into()).or_default().push_back(outcome);
+    }
+
+    fn attempts(&self, mailbox: &str) -> Vec<(Instant, Instant)> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|(m, ..)| m == mailbox)
+            .map(|(_, start, end)| (*start, *end))
+            .collect()
+    }
+
+    fn max_in_flight(&self, mailbox: &str) -> usize {
+        self.max_in_flight
+            .lock()
+            .unwrap()
+            .get(mailbox)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Attempt for Scripted {
+    async fn lane(&self, meta: &EntryMeta) -> Lane {
+        Lane::new("default", &meta.envelope.mail_from)
+    }
+
+    async fn attempt(&self, meta: &EntryMeta) -> Outcome {
+        let mailbox = meta.envelope.mail_from.clone();
+        let start = Instant::now();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            let n = in_flight.entry(mailbox.clone()).or_default();
+            *n += 1;
+            let mut max = self.max_in_flight.lock().unwrap();
+            let max = max.entry(mailbox.clone()).or_default();
+            *max = (*max).max(*n);
+        }
+        tokio::time::sleep(self.latency).await;
+        *self.in_flight.lock().unwrap().get_mut(&mailbox).unwrap() -= 1;
+        self.log
+            .lock()
+            .unwrap()
+            .push((mailbox.clone(), start, Instant::now()));
+        let mut script = self.script.lock().unwrap();
+        script
+            .get_mut(&mailbox)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Outcome::Delivered)
+    }
+}
+
+fn throttled(retry_after_ms: u64) -> Outcome {
+    Outcome::NotDelivered {
+        class: Class::Throttled,
+        retry_after: Some(Duration::from_millis(retry_after_ms)),
+        reason: "HTTP 429 ApplicationThrottled".into(),
+    }
+}
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    spool: Arc<Spool>,
+    queue: QueueHandle,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    clock: Clock,
+}
+
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let spool = Arc::new(spool);
+    let policy = RetryPolicy::try_new(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let clock = Clock::starting_at(EPOCH_MS);
+    let counters = Arc::new(Counters::default());
+    let (scheduler, queue) = Scheduler::new(
+        spool.clone(),
+        attempt,
+        policy,
+        limits,
+        clock,
+        counters.clone(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(scheduler.run(Vec::new(), stop.clone(), TaskTracker::new()));
+    Harness {
+        _tmp: tmp,
+        spool,
+        queue,
+        counters,
+        stop,
+        clock,
+    }
+}
+
+impl Harness {
+    /// Commits a message from `mailbox` to the spool and hands it to the scheduler.
+    fn submit(&self, mailbox: &str) -> QueueId {
+        let mut incoming = self.spool.receive().unwrap();
+        self.spool
+            .append(&mut incoming, b"Subject: x\r\n\r\nx\r\n")
+            .unwrap();
+        let mut meta = self
+            .spool
+            .commit(
+                incoming,
+                Envelope {
+                    mail_from: mailbox.into(),
+                    rcpt_to: vec!["to@example.com".into()],
+                    client: "127.0.0.1:1".into(),
+                    received_at_ms: self.clock.now_ms(),
+                },
+            )
+            .unwrap();
+        meta.next_attempt_at_ms = self.clock.now_ms();
+        let id = meta.id;
+        self.queue.enqueue(meta);
+        id
+    }
+
+    async fn list(&self) -> Vec<EntryView> {
+        let (tx, rx) = oneshot::channel();
+        assert!(self.queue.command(Command::List(tx)));
+        rx.await.unwrap()
+    }
+
+    /// Waits (in paused time) until the live queue is empty.
+    async fn drained(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.list().await.is_empty() {
+            assert!(Instant::now() < deadline, "queue not drained in {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+const LIMITS: Limits = Limits {
+    concurrency: 64,
+    per_lane: 4,
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_mailbox_never_has_more_than_four_in_flight_and_reaches_four() {
+    let attempt = Scripted::new(Duration::from_millis(200));
+    let h = start(attempt.clone(), LIMITS);
+    for _ in 0..20 {
+        h.submit("a@contoso.com");
+    }
+    for _ in 0..3 {
+        h.submit("b@contoso.com");
+    }
+    h.drained(Duration::from_secs(30)).await;
+    assert_eq!(attempt.max_in_flight("a@contoso.com"), 4);
+    assert_eq!(attempt.max_in_flight("b@contoso.com"), 3);
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 20);
+    // 20 messages, 4 at a time, 200 ms each: 5 rounds, so the limit was used fully.
+    let last_end = attempt
+        .attempts("a@contoso.com")
+        .iter()
+        .map(|(_, e)| *e)
+        .max()
+        .unwrap();
+    let first_start = attempt
+        .attempts("a@contoso.com")
+        .iter()
+        .map(|(s, _)| *s)
+        .min()
+        .unwrap();
+    assert!(
+        last_end - first_start < Duration::from_millis(1100),
+        "{:?}",
+        last_end - first_start
+    );
+    h.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_configured_lane_limit_is_kept() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    let h = start(
+        attempt.clone(),
+        Limits {
+            concurrency: 64,
+            per_lane: 2,
+        },
+    );
+    for _ in 0..10 {
+        h.submit("a@contoso.com");
+    }
+    h.drained(Duration::from_secs(30)).await;
+    assert_eq!(attempt.max_in_flight("a@contoso.com"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_pauses_only_its_mailbox_and_the_retry_lands_within_a_second_after() {
+    let attempt = Scripted::new(Duration::from_millis(50));
+    attempt.answer("a@contoso.com", throttled(2_128));
+    let h = start(attempt.clone(), LIMITS);
+    let throttled_id = h.submit("a@contoso.com");
+    // Let the 429 come back, then queue more work for both mailboxes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answered_at = attempt.attempts("a@contoso.com")[0].1;
+    let deferred = h.list().await;
+    assert_eq!(deferred.len(), 1);
+    assert_eq!(deferred[0].meta.id, throttled_id);
+    assert_eq!(deferred[0].state, EntryState::Deferred);
+    for _ in 0..3 {
+        h.submit("a@contoso.com");
+        h.submit("b@contoso.com");
+    }
+    h.drained(Duration::from_secs(30)).await;
+
+    let pause_end = answered_at + Duration::from_millis(2_128);
+    let a = attempt.attempts("a@contoso.com");
+    assert_eq!(a.len(), 5, "one 429, then the retry and three new messages");
+    for (start, _) in &a[1..] {
+        assert!(
+            *start >= pause_end,
+            "request {:?} before Retry-After",
+            pause_end - *start
+        );
+        assert!(
+            *start < pause_end + Duration::from_secs(1),
+            "retry late by {:?}",
+            *start - pause_end
+        );
+    }
+    let b = attempt.attempts("b@contoso.com");
+    assert_eq!(b.len(), 3);
+    assert!(
+        b.iter().all(|(_, end)| *end < pause_end),
+        "b flowed during a's pause"
+    );
+    assert_eq!(
+        count(&h.counters, crate::telemetry::AMBIGUOUS_RETRIES),
+        0,
+        "a 429 is not ambiguous"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lanes_are_served_in_turn() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    let h = start(
+        attempt.clone(),
+        Limits {
+            concurrency: 2,
+            per_lane: 4,
+        },
+    );
+    let started = Instant::now();
+    for _ in 0..40 {
+        h.submit("busy@contoso.com");
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for _ in 0..3 {
+        h.submit("quiet@contoso.com");
+    }
+    h.drained(Duration::from_secs(60)).await;
+    // With two slots shared in turn, the quiet mailbox's three messages are done within a few
+    // rounds instead of after the busy mailbox's forty.
+    let quiet_done = attempt
+        .attempts("quiet@contoso.com")
+        .iter()
+        .map(|(_, e)| *e)
+        .max()
+        .unwrap();
+    let busy_done = attempt
+        .attempts("busy@contoso.com")
+        .iter()
+        .map(|(_, e)| *e)
+        .max()
+        .unwrap();
+    assert!(
+        quiet_done < started + Duration::from_millis(500),
+        "quiet mailbox waited"
+    );
+    assert!(busy_done > started + Duration::from_millis(2000));
+    assert_eq!(attempt.attempts("busy@contoso.com").len(), 40);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configuration_fault_pauses_the_mailbox_and_probes_one_at_a_time() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    let fault = || Outcome::NotDelivered {
+        class: Class::ConfigFault {
+            scope: FaultScope::Mailbox,
+            fix: "give the app Send As rights",
+        },
+        retry_after: None,
+        reason: "HTTP 403 ErrorSendAsDenied".into(),
+    };
+    attempt.answer("a@contoso.com", fault());
+    attempt.answer("a@contoso.com", fault());
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..4 {
+        h.submit("a@contoso.com");
+    }
+    h.submit("b@contoso.com");
+    tokio::time::sleep(Duration::from_secs(299)).await;
+    assert_eq!(
+        attempt.attempts("a@contoso.com").len(),
+        1,
+        "paused for fault_retry"
+    );
+    assert_eq!(
+        attempt.attempts("b@contoso.com").len(),
+        1,
+        "other mailboxes flow"
+    );
+    // After 5 minutes one probe (fails again), another 5 minutes, one probe that succeeds,
+    // then the rest at full concurrency.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 2);
+    assert_eq!(attempt.max_in_flight("a@contoso.com"), 1);
+    h.drained(Duration::from_secs(400)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 7);
+    assert_eq!(
+        count(&h.counters, crate::telemetry::CONFIG_FAULTS),
+        2,
+        "two configuration faults counted"
+    );
+    assert!(
+        h.spool.failed_entries().unwrap().is_empty(),
+        "kept queued, not failed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ambiguous_retries_are_counted_and_permanent_failures_go_to_failed() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer(
+        "a@contoso.com",
+        Outcome::NotDelivered {
+            class: Class::Ambiguous,
+            retry_after: None,
+            reason: "timed out after the request was sent".into(),
+        },
+    );
+    attempt.answer(
+        "b@contoso.com",
+        Outcome::NotDelivered {
+            class: Class::Permanent,
+            retry_after: None,
+            reason: "HTTP 400 ErrorInvalidRecipients".into(),
+        },
+    );
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    let failed = h.submit("b@contoso.com");
+    h.drained(Duration::from_secs(30)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 2);
+    let counters = h.counters.snapshot();
+    let count = |name| counters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    assert_eq!(count(crate::telemetry::AMBIGUOUS_RETRIES), Some(1));
+    assert_eq!(count(crate::telemetry::MESSAGES_FAILED), Some(1));
+    let failed_entries = h.spool.failed_entries().unwrap();
+    assert_eq!(failed_entries.len(), 1);
+    assert_eq!(failed_entries[0].id, failed);
+    assert_eq!(
+        failed_entries[0].last_error.as_deref(),
+        Some("refused: HTTP 400 ErrorInvalidRecipients")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn operators_can_retry_now_and_delete() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(3_600_000));
+    attempt.answer("b@contoso.com", throttled(3_600_000));
+    let h = start(attempt.clone(), LIMITS);
+    let a = h.submit("a@contoso.com");
+    let b = h.submit("b@contoso.com");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.list().await.len(), 2);
+
+    let (tx, rx) = oneshot::channel();
+    h.queue.command(Command::Delete(b, tx));
+    assert!(rx.await.unwrap().unwrap());
+    assert!(h.spool.read_body(b).is_err(), "deleted from the spool");
+
+    let (tx, rx) = oneshot::channel();
+    h.queue.command(Command::RetryNow(Some(a), tx));
+    assert_eq!(rx.await.unwrap(), 1);
+    h.drained(Duration::from_secs(5)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 2);
+    assert_eq!(attempt.attempts("b@contoso.com").len(), 1);
+}
+
+/// A counter's value by its metric name.
+fn count(counters: &Counters, name: &str) -> u64 {
+    counters
+        .snapshot()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| *v)
+}

@@ -1,0 +1,294 @@
+//! Delivery engine end to end: Graph faults (429 storm, 503s, token outage, slow Graph), the
+//! `queue` command on a live and a stopped daemon, `452` when the spool is full, and SIGKILL
+//! under load. Assertions are "at least once": duplicates never exceed the ambiguous retries.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use graph_relay_emulator::{EmulatorConfig, Fault};
+
+use super::support::*;
+
+fn with(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// Submits `n` messages on one connection, subjects `{prefix}-{i}`; returns the subjects.
+async fn submit_many(relay: &Relay, prefix: &str, n: usize) -> Vec<String> {
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO load", "250").await;
+    let mut subjects = Vec::new();
+    for i in 0..n {
+        let subject = format!("{prefix}-{i}");
+        let data =
+            format!("From: {MAILBOX}\r\nTo: a@example.com\r\nSubject: {subject}\r\n\r\nx\r\n");
+        smtp.submit(MAILBOX, &["a@example.com"], &data).await;
+        subjects.push(subject);
+    }
+    subjects
+}
+
+/// How often each subject reached the emulator.
+fn arrivals(emulator: &graph_relay_emulator::Emulator) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (_, message) in accepted_messages(emulator) {
+        *counts
+            .entry(message["subject"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `queue stats` as (name → value) pairs.
+fn queue_stats(env: &[(String, String)]) -> HashMap<String, u64> {
+    let (code, stdout, stderr) = run_relay(&["queue", "stats"], env);
+    assert_eq!(code, 0, "queue stats failed: {stderr}");
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.trim().to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every subject arrived at least once and the duplicates stay within the ambiguous retries.
+fn assert_at_least_once(
+    emulator: &graph_relay_emulator::Emulator,
+    subjects: &[String],
+    env: &[(String, String)],
+) {
+    let counts = arrivals(emulator);
+    for subject in subjects {
+        assert!(
+            counts.get(subject).is_some_and(|n| *n >= 1),
+            "{subject} never arrived"
+        );
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    let ambiguous = queue_stats(env)["graph_relay_ambiguous_retries_total"];
+    assert!(
+        duplicates as u64 <= ambiguous,
+        "{duplicates} duplicates, {ambiguous} ambiguous retries"
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_with_retry_after_is_absorbed_within_four_in_flight() {
+    let emulator = emulator().await;
+    emulator.inject(
+        Fault::graph(429, 12)
+            .code("ApplicationThrottled")
+            .retry_after("1.5"),
+    );
+    let spool = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, spool.path());
+    let relay = Relay::start(&["serve"], &env);
+    let subjects = submit_many(&relay, "storm", 12).await;
+    assert!(
+        emulator
+            .wait_for_accepted(12, Duration::from_secs(40))
+            .await,
+        "not all delivered: {}",
+        relay.logs()
+    );
+    assert_at_least_once(&emulator, &subjects, &env);
+    let max = emulator
+        .stats()
+        .max_in_flight
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    assert!((1..=4).contains(&max), "max in flight per mailbox {max}");
+    let stats = queue_stats(&env);
+    assert_eq!(
+        stats["queued"] + stats["deferred"] + stats["failed"],
+        0,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn service_unavailable_and_a_token_outage_delay_but_lose_nothing() {
+    let emulator = emulator().await;
+    emulator.inject(Fault::token(503, 2));
+    emulator.inject(Fault::graph(503, 3));
+    emulator.inject(Fault::graph(500, 2));
+    let spool = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, spool.path());
+    let relay = Relay::start(&["serve"], &env);
+    let subjects = submit_many(&relay, "outage", 6).await;
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            let counts = arrivals(&emulator);
+            subjects.iter().all(|s| counts.contains_key(s))
+        })
+        .await,
+        "not all delivered: {}",
+        relay.logs()
+    );
+    assert_at_least_once(&emulator, &subjects, &env);
+}
+
+#[tokio::test]
+async fn slow_graph_reaches_four_in_flight_per_mailbox_and_never_more() {
+    let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string()]);
+    config.latency = Duration::from_millis(400);
+    config.max_concurrent_per_mailbox = Some(4);
+    let emulator = graph_relay_emulator::start(config).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, spool.path());
+    let relay = Relay::start(&["serve"], &env);
+    let subjects = submit_many(&relay, "slow", 16).await;
+    assert!(
+        emulator
+            .wait_for_accepted(16, Duration::from_secs(40))
+            .await,
+        "{}",
+        relay.logs()
+    );
+    assert_at_least_once(&emulator, &subjects, &env);
+    assert_eq!(
+        emulator.stats().max_in_flight.values().copied().max(),
+        Some(4)
+    );
+    // The emulator answers 429 above 4 in flight: the relay never provoked one.
+    assert!(emulator.rejected().is_empty(), "{:?}", emulator.rejected());
+}
+
+#[tokio::test]
+async fn queue_command_talks_to_the_daemon_and_reads_a_stopped_spool() {
+    let emulator = emulator().await;
+    emulator.inject(Fault::graph(503, usize::MAX).retry_after("3600"));
+    let spool = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, spool.path());
+    let relay = Relay::start(&["serve"], &env);
+    submit_many(&relay, "held", 3).await;
+    assert!(eventually(Duration::from_secs(15), || !emulator.rejected().is_empty()).await);
+
+    // Live: through the socket, which only the owner may use.
+    let socket = spool.path().join("control.sock");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            // The first 503 pauses the mailbox; requests already in flight are deferred too.
+            let stats = queue_stats(&env);
+            stats["deferred"] >= 1 && stats["queued"] + stats["deferred"] == 3
+        })
+        .await,
+        "{:?}",
+        queue_stats(&env)
+    );
+    let (code, list, _) = run_relay(&["queue", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(list.starts_with("ID "), "{list}");
+    assert!(
+        list.contains("3 message(s)") && list.contains("HTTP 503"),
+        "{list}"
+    );
+    relay.kill();
+
+    // Stopped: the spool itself.
+    let stats = queue_stats(&env);
+    assert_eq!(stats["queued"] + stats["deferred"], 3, "{stats:?}");
+    assert_eq!(stats["failed"], 0);
+    let (_, list, _) = run_relay(&["queue", "list"], &env);
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (code, shown, _) = run_relay(&["queue", "show", &id], &env);
+    assert_eq!(code, 0);
+    assert!(
+        shown.contains(&format!("id:           {id}")) && shown.contains("HTTP 503"),
+        "{shown}"
+    );
+    let (code, _, _) = run_relay(&["queue", "delete", &id], &env);
+    assert_eq!(code, 0);
+    let stats = queue_stats(&env);
+    assert_eq!(stats["queued"] + stats["deferred"], 2, "{stats:?}");
+
+    // Restarted with Graph healthy and `retry --all`: the rest is delivered.
+    emulator.clear_faults();
+    let (code, _, stderr) = run_relay(&["queue", "retry", "--all"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let relay = Relay::start(&["serve"], &env);
+    assert!(
+        emulator.wait_for_accepted(2, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_452_and_keeps_what_it_has() {
+    let emulator = emulator().await;
+    emulator.inject(Fault::graph(503, usize::MAX).retry_after("3600"));
+    let spool = tempfile::tempdir().unwrap();
+    let env = with(
+        graph_env(&emulator, spool.path()),
+        &[("GRAPH_RELAY_QUEUE__MAX_SIZE", "300")],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO full", "250").await;
+    let data = format!(
+        "From: {MAILBOX}\r\nSubject: first\r\n\r\n{}\r\n",
+        "x".repeat(200)
+    );
+    smtp.submit(MAILBOX, &["a@example.com"], &data).await;
+    smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
+    smtp.command("RCPT TO:<a@example.com>", "250").await;
+    smtp.command("DATA", "354").await;
+    smtp.send(&format!("{data}.\r\n")).await;
+    let reply = smtp.reply().await;
+    assert!(reply.starts_with("452 4.3.1 "), "{reply}");
+    let stats = queue_stats(&env);
+    assert_eq!(
+        stats["queued"] + stats["deferred"] + stats["in flight"],
+        1,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_arrives_after_sigkill_under_load() {
+    let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string()]);
+    config.latency = Duration::from_millis(150);
+    let emulator = graph_relay_emulator::start(config).await.unwrap();
+    emulator.inject(Fault::graph(429, 5).retry_after("1"));
+    let spool = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, spool.path());
+    let relay = Relay::start(&["serve"], &env);
+    let subjects = submit_many(&relay, "kill", 40).await;
+    // Some delivered, most not yet: crash now.
+    assert!(emulator.wait_for_accepted(1, Duration::from_secs(15)).await);
+    relay.kill();
+    let before = emulator.accepted().len();
+    assert!(before < 40, "load finished before the kill");
+
+    let relay = Relay::start(&["serve"], &env);
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            let counts = arrivals(&emulator);
+            subjects.iter().all(|s| counts.contains_key(s))
+        })
+        .await,
+        "acknowledged messages lost: {}",
+        relay.logs()
+    );
+    // Only requests in flight at the kill may repeat: at most 4 for the one mailbox.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let duplicates: usize = arrivals(&emulator).values().map(|n| n - 1).sum();
+    assert!(duplicates <= 4, "{duplicates} duplicates");
+}
