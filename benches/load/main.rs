@@ -288,7 +288,12 @@ fn start_relay(emulator: &Emulator, dir: &Path) -> (Child, std::net::SocketAddr)
 /// The same load against `smtp-sink` (accepts and discards; no disk, no parsing).
 fn run_sink(sink: &Path, scenario: &Scenario) -> f64 {
     let port = free_port();
-    let mut child = Command::new(sink)
+    let mut command = Command::new(sink);
+    // smtp-sink refuses to run as root unless told which user to become.
+    if process::is_root() {
+        command.args(["-u", "nobody"]);
+    }
+    let mut child = command
         .args([format!("127.0.0.1:{port}"), "1024".into()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -296,7 +301,14 @@ fn run_sink(sink: &Path, scenario: &Scenario) -> f64 {
         .expect("smtp-sink starts");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let up = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() && up.elapsed() < Duration::from_secs(5) {
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("smtp-sink exited at start: {status}");
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(5),
+            "smtp-sink did not listen within 5 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -64,3 +64,14 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// Whether this process runs as root (uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
