@@ -35,6 +35,19 @@ pub enum Command {
     },
     /// Validate the configuration and print it as it takes effect (secrets redacted).
     CheckConfig,
+    /// Get a token with the configured credentials and report tenant, app, expiry and roles.
+    /// Exit 0 ok, 2 token refused, 3 no Mail.Send role, 78 configuration error.
+    TestAuth,
+    /// Send one real test message through Graph and report the result.
+    /// Exit 0 sent, 2 token refused, 4 Graph refused, 78 configuration error.
+    TestMail {
+        /// Recipient address.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+        /// Mailbox to send as.
+        #[arg(long, value_name = "MAILBOX")]
+        from: String,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -90,7 +103,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::TestAuth => admin_check(&cli.config, &env, |config| async move {
+            crate::admin::test_auth(&config).await
+        }),
+        Command::TestMail { ref to, ref from } => {
+            admin_check(&cli.config, &env, |config| async move {
+                crate::admin::test_mail(&config, from, to).await
+            })
+        }
     }
+}
+
+/// Runs `test-auth` or `test-mail`: the report on stdout, its exit status.
+fn admin_check<F, Fut>(
+    file: &Option<PathBuf>,
+    env: &HashMap<String, String>,
+    check: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<crate::admin::Report>>,
+{
+    let config = Config::load(&Sources {
+        file: file.as_deref(),
+        env,
+        dry_run: None,
+    })?;
+    let report = tokio::runtime::Runtime::new()?.block_on(check(config))?;
+    print!("{}", report.text);
+    Ok(ExitCode::from(report.exit))
 }
 
 /// Human-readable logs on stderr (journald and `docker logs` capture it); `RUST_LOG` filters.

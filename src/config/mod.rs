@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use auth::{AuthConfig, ClientCredentials};
+pub use auth::{
+    AssertionAlgorithm, AuthConfig, ClientCredentials, Cloud, Credential, read_secret_file,
+};
 pub use graph::GraphConfig;
 pub use http::HttpConfig;
 pub use queue::QueueConfig;
@@ -115,15 +117,12 @@ impl Config {
             },
         };
         self.queue.dir = Some(absolute("queue.dir", &dir)?);
-        if let Some(file) = &self.auth.client_secret_file {
-            self.auth.client_secret_file = Some(absolute("auth.client_secret_file", file)?);
-        }
-        self.auth.load_secret_file()
+        self.auth.resolve(&mut self.graph.endpoint)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.smtp.validate()?;
-        self.auth.validate()?;
+        self.auth.validate(&self.graph.endpoint)?;
         self.graph.validate()?;
         self.queue.validate()
     }

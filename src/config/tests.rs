@@ -77,6 +77,10 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
         &path,
         uncommented
             .replace("#client_secret = \"\"", "")
+            // One credential at a time: the secret file stays, the certificate and assertion go.
+            .replace("\ncertificate_file", "\n#certificate_file")
+            .replace("\nprivate_key_file", "\n#private_key_file")
+            .replace("\nclient_assertion_file", "\n#client_assertion_file")
             .replace("client_secret = \"\"", "")
             .replace(
                 "/etc/graph-relay/client-secret",
@@ -91,13 +95,11 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
     })
     .unwrap();
     assert_eq!(
-        config
-            .auth
-            .credentials()
-            .unwrap()
-            .client_secret
-            .expose_secret(),
-        "from-file"
+        config.auth.credentials().unwrap().credential,
+        Credential::Secret {
+            value: "from-file".into(),
+            file: Some(secret_file),
+        }
     );
 }
 
@@ -147,6 +149,24 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("auth.scope", "https://graph.microsoft.us/.default", |c| {
             c.auth.scope == "https://graph.microsoft.us/.default"
         }),
+        ("auth.client_secret_expires", "2027-01-31", |c| {
+            c.auth.client_secret_expires.as_deref() == Some("2027-01-31")
+        }),
+        ("auth.certificate_file", "/etc/graph-relay/cert.pem", |c| {
+            c.auth.certificate_file.as_deref() == Some(Path::new("/etc/graph-relay/cert.pem"))
+        }),
+        ("auth.private_key_file", "/etc/graph-relay/key.pem", |c| {
+            c.auth.private_key_file.as_deref() == Some(Path::new("/etc/graph-relay/key.pem"))
+        }),
+        ("auth.assertion_algorithm", "RS256", |c| {
+            c.auth.assertion_algorithm == AssertionAlgorithm::RS256
+        }),
+        ("auth.client_assertion_file", "/var/run/token", |c| {
+            c.auth.client_assertion_file.as_deref() == Some(Path::new("/var/run/token"))
+        }),
+        // With a loopback graph.endpoint below, usgov fills in what is left at its default.
+        ("auth.cloud", "usgov", |c| c.auth.cloud == Cloud::Usgov),
+        ("auth.rbac_only", "true", |c| c.auth.rbac_only),
         ("graph.endpoint", "http://[::1]:8080/v1.0", |c| {
             c.graph.endpoint.as_str() == "http://[::1]:8080/v1.0"
         }),
@@ -278,6 +298,33 @@ fn bad_values_name_their_key() {
         ),
         (&[("GRAPH_RELAY_AUTH__TENANT_ID", "a b")], "auth.tenant_id"),
         (
+            &[("GRAPH_RELAY_AUTH__TENANT_ID", "Organizations")],
+            "auth.tenant_id",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__CLIENT_SECRET_EXPIRES", "31.01.2027")],
+            "auth.client_secret_expires",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__CERTIFICATE_FILE", "/etc/cert.pem")],
+            "auth.private_key_file",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__ASSERTION_ALGORITHM", "HS256")],
+            "assertion_algorithm",
+        ),
+        (&[("GRAPH_RELAY_AUTH__CLOUD", "mars")], "cloud"),
+        (
+            &[
+                ("GRAPH_RELAY_AUTH__CLOUD", "usgov"),
+                (
+                    "GRAPH_RELAY_GRAPH__ENDPOINT",
+                    "https://dod-graph.microsoft.us/v1.0",
+                ),
+            ],
+            "graph.endpoint",
+        ),
+        (
             &[(
                 "GRAPH_RELAY_AUTH__CLIENT_SECRET_FILE",
                 "/nonexistent/secret",
@@ -310,6 +357,48 @@ fn missing_credentials_are_named() {
         "{text}"
     );
     assert!(!text.contains("auth.client_id,"), "{text}");
+}
+
+#[test]
+fn one_credential_at_a_time() {
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__TENANT_ID", "t.example"),
+        ("GRAPH_RELAY_AUTH__CLIENT_ID", "c"),
+        ("GRAPH_RELAY_AUTH__CLIENT_SECRET", "s"),
+        ("GRAPH_RELAY_AUTH__CLIENT_ASSERTION_FILE", "/var/run/token"),
+    ])
+    .unwrap();
+    let text = config.auth.credentials().unwrap_err().to_string();
+    assert!(text.contains("set one credential"), "{text}");
+}
+
+#[test]
+fn the_cloud_fills_in_the_defaults_and_keeps_what_is_set() {
+    let config = load(&[("GRAPH_RELAY_AUTH__CLOUD", "china")]).unwrap();
+    assert_eq!(
+        config.auth.authority_host.as_str(),
+        "https://login.partner.microsoftonline.cn/"
+    );
+    assert_eq!(
+        config.auth.scope,
+        "https://microsoftgraph.chinacloudapi.cn/.default"
+    );
+    assert_eq!(
+        config.graph.endpoint.as_str(),
+        "https://microsoftgraph.chinacloudapi.cn/v1.0"
+    );
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__CLOUD", "china"),
+        (
+            "GRAPH_RELAY_AUTH__AUTHORITY_HOST",
+            "https://login.chinacloudapi.cn",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.auth.authority_host.as_str(),
+        "https://login.chinacloudapi.cn/"
+    );
 }
 
 #[test]

@@ -498,11 +498,7 @@ async fn concurrent_token_requests_cost_one_fetch() {
     let provider = std::sync::Arc::new(TokenProvider::new(
         reqwest::Client::new(),
         &emulator.url().parse().unwrap(),
-        ClientCredentials {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT_ID.into(),
-            client_secret: SECRET.to_string().into(),
-        },
+        ClientCredentials::with_secret(TENANT, CLIENT_ID, SECRET),
         "https://graph.microsoft.com/.default".into(),
     ));
     let waiters: Vec<_> = (0..50)

@@ -5,11 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use moka::future::Cache;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::ClientCredentials;
+use crate::config::{ClientCredentials, Credential, read_secret_file};
+
+pub mod assertion;
+
+use assertion::Certificate;
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523).
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Cache key of the only profile so far (named profiles are a later addition).
 const DEFAULT_PROFILE: &str = "default";
@@ -60,11 +68,15 @@ pub enum TokenError {
         description: String,
         trace_id: Option<String>,
         correlation_id: Option<String>,
+        timestamp: Option<String>,
     },
     #[error("token endpoint {url} could not be reached: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("token endpoint {url} answered HTTP {status} with an unexpected body")]
     InvalidResponse { url: String, status: u16 },
+    /// The credential could not be read or used: a configuration problem, `key: what is wrong`.
+    #[error("{key}: {problem}")]
+    Credential { key: String, problem: String },
 }
 
 fn codes_suffix(codes: &[u64]) -> String {
@@ -81,13 +93,15 @@ fn ids_suffix(trace_id: &Option<String>, correlation_id: &Option<String>) -> Str
 }
 
 impl TokenError {
-    /// Entra outages and network failures pass; refusals of the credentials do not.
+    /// Entra outages and network failures pass; refusals of the credentials and unreadable
+    /// credential files do not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
             Self::Refused { status, .. } | Self::InvalidResponse { status, .. } => {
                 *status >= 500 || *status == 429
             }
+            Self::Credential { .. } => false,
         }
     }
 }
@@ -108,16 +122,42 @@ struct ErrorResponse {
     error_codes: Vec<u64>,
     trace_id: Option<String>,
     correlation_id: Option<String>,
+    timestamp: Option<String>,
+}
+
+/// Where tokens come from; replaced as a whole when a reload changes it.
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    token_url: url::Url,
+    credentials: ClientCredentials,
+    scope: String,
+}
+
+impl Settings {
+    fn new(authority_host: &url::Url, credentials: ClientCredentials, scope: String) -> Self {
+        let mut token_url = authority_host.clone();
+        if let Ok(mut segments) = token_url.path_segments_mut() {
+            segments.pop_if_empty().extend([
+                credentials.tenant_id.as_str(),
+                "oauth2",
+                "v2.0",
+                "token",
+            ]);
+        }
+        Self {
+            token_url,
+            credentials,
+            scope,
+        }
+    }
 }
 
 /// Fetches and caches tokens for one app registration.
 pub struct TokenProvider {
     http: reqwest::Client,
-    token_url: url::Url,
-    client_id: String,
-    client_secret: SecretString,
-    scope: String,
+    settings: std::sync::Mutex<Settings>,
     cache: Cache<&'static str, Arc<AccessToken>>,
+    backoff: ExponentialBuilder,
 }
 
 struct RefreshAhead;
@@ -133,6 +173,16 @@ impl moka::Expiry<&'static str, Arc<AccessToken>> for RefreshAhead {
     }
 }
 
+/// Transient token failures: three more tries, 0.5 s, 1 s, 2 s apart (jittered). Configuration
+/// failures are not retried at all; the delivery's own schedule takes over after that.
+fn default_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(3)
+        .with_jitter()
+}
+
 impl TokenProvider {
     pub fn new(
         http: reqwest::Client,
@@ -140,32 +190,21 @@ impl TokenProvider {
         credentials: ClientCredentials,
         scope: String,
     ) -> Self {
-        let mut token_url = authority_host.clone();
-        if let Ok(mut segments) = token_url.path_segments_mut() {
-            segments.pop_if_empty().extend([
-                credentials.tenant_id.as_str(),
-                "oauth2",
-                "v2.0",
-                "token",
-            ]);
-        }
         Self {
             http,
-            token_url,
-            client_id: credentials.client_id,
-            client_secret: credentials.client_secret,
-            scope,
+            settings: std::sync::Mutex::new(Settings::new(authority_host, credentials, scope)),
             cache: Cache::builder()
                 .max_capacity(16)
                 .expire_after(RefreshAhead)
                 .build(),
+            backoff: default_backoff(),
         }
     }
 
     /// A valid token, from the cache or freshly fetched (one fetch for all concurrent callers).
     ///
     /// # Errors
-    /// The token endpoint refused or could not be reached.
+    /// The token endpoint refused or could not be reached, or the credential is unusable.
     pub async fn token(&self) -> Result<Arc<AccessToken>, TokenError> {
         self.cache
             .try_get_with(DEFAULT_PROFILE, self.fetch())
@@ -173,32 +212,158 @@ impl TokenProvider {
             .map_err(|err| (*err).clone())
     }
 
-    /// Drops the cached token, after Graph refused it.
+    /// Drops the cached token, after Graph refused it or the credential changed.
     pub async fn invalidate(&self) {
         self.cache.invalidate(DEFAULT_PROFILE).await;
     }
 
+    /// Applies reloaded settings; a change drops the cached token so the next one uses them.
+    pub async fn update(
+        &self,
+        authority_host: &url::Url,
+        credentials: ClientCredentials,
+        scope: String,
+    ) {
+        let new = Settings::new(authority_host, credentials, scope);
+        let changed = {
+            let mut settings = self.lock();
+            let changed = *settings != new;
+            *settings = new;
+            changed
+        };
+        if changed {
+            tracing::info!("authentication settings changed; the next token uses them");
+            self.invalidate().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|err| err.into_inner())
+    }
+
+    /// A fingerprint of the credential files' contents (not the content itself), to notice a
+    /// rotation: Kubernetes swaps a `..data` symlink, which file-watch events miss.
+    pub fn credential_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let files: Vec<std::path::PathBuf> = match &self.lock().credentials.credential {
+            Credential::Secret { file, .. } => file.iter().cloned().collect(),
+            Credential::Certificate {
+                certificate_file,
+                private_key_file,
+                ..
+            } => vec![certificate_file.clone(), private_key_file.clone()],
+            // Read on every fetch anyway; it rotates while the cached token stays valid.
+            Credential::AssertionFile(_) => Vec::new(),
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for file in files {
+            std::fs::read(&file).ok().hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
     async fn fetch(&self) -> Result<Arc<AccessToken>, TokenError> {
-        let url = self.token_url.as_str();
+        let settings = self.lock().clone();
+        (|| self.fetch_once(&settings))
+            .retry(self.backoff)
+            .when(TokenError::is_retryable)
+            .notify(|err, after| {
+                tracing::warn!(error = %err, retry_in_ms = after.as_millis() as u64, "token request failed; retrying");
+            })
+            .await
+    }
+
+    /// The credential part of the token request form, read from its files now.
+    fn credential_form(
+        &self,
+        settings: &Settings,
+    ) -> Result<Vec<(&'static str, SecretString)>, TokenError> {
+        let credentials = &settings.credentials;
+        let assertion = |value: SecretString| {
+            vec![
+                ("client_assertion_type", SecretString::from(ASSERTION_TYPE)),
+                ("client_assertion", value),
+            ]
+        };
+        Ok(match &credentials.credential {
+            Credential::Secret { value, file: None } => vec![("client_secret", value.clone())],
+            Credential::Secret {
+                file: Some(file), ..
+            } => vec![(
+                "client_secret",
+                read_secret_file(file).map_err(|err| TokenError::Credential {
+                    key: err.key,
+                    problem: err.problem,
+                })?,
+            )],
+            Credential::Certificate {
+                certificate_file,
+                private_key_file,
+                algorithm,
+            } => {
+                let certificate = Certificate::load(certificate_file, private_key_file)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                assertion(SecretString::from(certificate.sign(
+                    *algorithm,
+                    &credentials.client_id,
+                    settings.token_url.as_str(),
+                    now,
+                )?))
+            }
+            Credential::AssertionFile(file) => {
+                let text = std::fs::read_to_string(file).map_err(|err| TokenError::Credential {
+                    key: "auth.client_assertion_file".into(),
+                    problem: format!("cannot read {}: {err}", file.display()),
+                })?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(TokenError::Credential {
+                        key: "auth.client_assertion_file".into(),
+                        problem: format!("{} is empty", file.display()),
+                    });
+                }
+                assertion(SecretString::from(value))
+            }
+        })
+    }
+
+    async fn fetch_once(&self, settings: &Settings) -> Result<Arc<AccessToken>, TokenError> {
+        let url = settings.token_url.as_str();
         let unreachable = |err: reqwest::Error| TokenError::Unreachable {
             url: url.to_string(),
             reason: error_chain(&err),
         };
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("scope", self.scope.as_str()),
-            ("client_secret", self.client_secret.expose_secret()),
+        let credential = self.credential_form(settings)?;
+        let mut form: Vec<(&str, &str)> = vec![
+            ("client_id", settings.credentials.client_id.as_str()),
+            ("scope", settings.scope.as_str()),
             ("grant_type", "client_credentials"),
         ];
+        form.extend(
+            credential
+                .iter()
+                .map(|(name, value)| (*name, value.expose_secret())),
+        );
+        let client_request_id = uuid::Uuid::new_v4().to_string();
         let response = self
             .http
-            .post(self.token_url.clone())
-            .header("client-request-id", uuid::Uuid::new_v4().to_string())
+            .post(settings.token_url.clone())
+            .header("client-request-id", &client_request_id)
             .form(&form)
             .send()
             .await
             .map_err(unreachable)?;
         let status = response.status().as_u16();
+        // Microsoft support asks for these ids; the body repeats them on errors.
+        let request_id = response
+            .headers()
+            .get("x-ms-request-id")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = response.bytes().await.map_err(unreachable)?;
         let invalid = || TokenError::InvalidResponse {
             url: url.to_string(),
@@ -209,13 +374,24 @@ impl TokenProvider {
             if !token.token_type.eq_ignore_ascii_case("bearer") || token.expires_in == 0 {
                 return Err(invalid());
             }
-            tracing::info!(lifetime_s = token.expires_in, "fetched access token");
+            tracing::info!(
+                lifetime_s = token.expires_in,
+                client_request_id,
+                x_ms_request_id = request_id,
+                "fetched access token"
+            );
             return Ok(Arc::new(AccessToken {
                 value: SecretString::from(token.access_token),
                 lifetime: Duration::from_secs(token.expires_in),
             }));
         }
         let refusal: ErrorResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
+        tracing::debug!(
+            client_request_id,
+            x_ms_request_id = request_id,
+            status,
+            "token request refused"
+        );
         Err(TokenError::Refused {
             status,
             error: refusal.error,
@@ -228,6 +404,7 @@ impl TokenProvider {
                 .to_string(),
             trace_id: refusal.trace_id,
             correlation_id: refusal.correlation_id,
+            timestamp: refusal.timestamp,
         })
     }
 }
@@ -272,15 +449,11 @@ mod tests {
         let provider = TokenProvider::new(
             reqwest::Client::new(),
             &url::Url::parse("http://127.0.0.1:9/").unwrap(),
-            ClientCredentials {
-                tenant_id: "contoso.onmicrosoft.com".into(),
-                client_id: "c".into(),
-                client_secret: SecretString::from("s"),
-            },
+            ClientCredentials::with_secret("contoso.onmicrosoft.com", "c", "s"),
             "https://graph.microsoft.com/.default".into(),
         );
         assert_eq!(
-            provider.token_url.as_str(),
+            provider.lock().token_url.as_str(),
             "http://127.0.0.1:9/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
     }
@@ -294,6 +467,7 @@ mod tests {
             description: "AADSTS7000215: Invalid client secret provided.".into(),
             trace_id: Some("t".into()),
             correlation_id: Some("c".into()),
+            timestamp: None,
         };
         assert!(!refused(401).is_retryable());
         assert!(!refused(400).is_retryable());
