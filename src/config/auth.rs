@@ -586,6 +586,18 @@ mod tests {
     }
 
     #[test]
+    fn secret_expiry_counts_days_left() {
+        let config = AuthConfig {
+            client_secret_expires: Some("2027-01-31".into()),
+            ..AuthConfig::default()
+        };
+        let expiry = parse_date("2027-01-31").unwrap();
+        assert_eq!(config.secret_expires_in_days(expiry - 30), Some(30));
+        assert_eq!(config.secret_expires_in_days(expiry + 1), Some(-1));
+        assert_eq!(AuthConfig::default().secret_expires_in_days(0), None);
+    }
+
+    #[test]
     fn dates_count_days_since_the_epoch() {
         let table = [
             ("1970-01-01", Some(0)),

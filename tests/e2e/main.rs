@@ -1,6 +1,7 @@
 //! End to end: real SMTP clients → the relay binary → the Entra/Graph emulator.
 //! One test binary; each area adds a module beside this file.
 
+mod identity;
 mod support;
 
 use std::time::Duration;
@@ -486,34 +487,6 @@ async fn curl_delivers() {
     )
     .await;
     let _ = std::fs::remove_file(file);
-}
-
-/// Concurrent deliveries share one token request (moka's single flight).
-#[tokio::test]
-async fn concurrent_token_requests_cost_one_fetch() {
-    use graph_relay::config::ClientCredentials;
-    use graph_relay::graph::token::TokenProvider;
-
-    let emulator = emulator().await;
-    let provider = std::sync::Arc::new(TokenProvider::new(
-        reqwest::Client::new(),
-        &emulator.url().parse().unwrap(),
-        ClientCredentials::with_secret(TENANT, CLIENT_ID, SECRET),
-        "https://graph.microsoft.com/.default".into(),
-    ));
-    let waiters: Vec<_> = (0..50)
-        .map(|_| {
-            let provider = provider.clone();
-            tokio::spawn(async move { provider.token().await.map(|t| t.secret().to_string()) })
-        })
-        .collect();
-    let mut tokens = Vec::new();
-    for waiter in waiters {
-        tokens.push(waiter.await.unwrap().unwrap());
-    }
-    tokens.dedup();
-    assert_eq!(tokens.len(), 1, "every caller got the same token");
-    assert_eq!(emulator.token_requests(), 1);
 }
 
 /// A token Graph no longer accepts (401) is dropped, a new one fetched, and the message sent.

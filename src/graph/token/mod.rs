@@ -10,11 +10,26 @@ use moka::future::Cache;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{ClientCredentials, Credential, read_secret_file};
+use tokio::sync::watch;
+
+use crate::config::{ClientCredentials, Config, Credential, read_secret_file};
 
 pub mod assertion;
 
 use assertion::Certificate;
+
+/// How often credential files are compared with what was last read.
+const CREDENTIAL_POLL: Duration = Duration::from_secs(5);
+/// Warn this many days before `auth.client_secret_expires`.
+const SECRET_EXPIRY_WARNING_DAYS: i64 = 30;
+
+fn days_since_epoch() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    (secs / 86_400) as i64
+}
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523).
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -152,10 +167,12 @@ impl Settings {
     }
 }
 
-/// Fetches and caches tokens for one app registration.
+/// Fetches and caches tokens for one app registration. Clones share the cache and settings, so
+/// the reload task and the deliveries see the same token.
+#[derive(Clone)]
 pub struct TokenProvider {
     http: reqwest::Client,
-    settings: std::sync::Mutex<Settings>,
+    settings: Arc<std::sync::Mutex<Settings>>,
     cache: Cache<&'static str, Arc<AccessToken>>,
     backoff: ExponentialBuilder,
 }
@@ -192,7 +209,11 @@ impl TokenProvider {
     ) -> Self {
         Self {
             http,
-            settings: std::sync::Mutex::new(Settings::new(authority_host, credentials, scope)),
+            settings: Arc::new(std::sync::Mutex::new(Settings::new(
+                authority_host,
+                credentials,
+                scope,
+            ))),
             cache: Cache::builder()
                 .max_capacity(16)
                 .expire_after(RefreshAhead)
@@ -234,6 +255,59 @@ impl TokenProvider {
         if changed {
             tracing::info!("authentication settings changed; the next token uses them");
             self.invalidate().await;
+        }
+    }
+
+    /// Follows the configuration until `stop`: a reload (SIGHUP) applies changed `[auth]`
+    /// settings, and credential files whose content changed are used from the next token on.
+    /// Also warns from 30 days before `auth.client_secret_expires`, once a day.
+    pub async fn follow(
+        self,
+        mut config: watch::Receiver<Arc<Config>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut fingerprint = self.credential_fingerprint();
+        let mut warned_on = None;
+        let mut poll = tokio::time::interval(CREDENTIAL_POLL);
+        loop {
+            let today = days_since_epoch();
+            if warned_on != Some(today) {
+                warned_on = Some(today);
+                if let Some(days) = config.borrow().auth.secret_expires_in_days(today)
+                    && days <= SECRET_EXPIRY_WARNING_DAYS
+                {
+                    tracing::warn!(
+                        days_left = days,
+                        "the client secret expires soon (auth.client_secret_expires): create a new one and update auth.client_secret_file"
+                    );
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let new = config.borrow_and_update().clone();
+                    match new.auth.credentials() {
+                        Ok(credentials) => {
+                            self.update(&new.auth.authority_host, credentials, new.auth.scope.clone())
+                                .await;
+                        }
+                        Err(err) => tracing::error!(error = %err, "reloaded [auth] unusable; keeping the current credentials"),
+                    }
+                    warned_on = None;
+                    fingerprint = self.credential_fingerprint();
+                }
+                _ = poll.tick() => {
+                    let now = self.credential_fingerprint();
+                    if now != fingerprint {
+                        fingerprint = now;
+                        tracing::info!("a credential file changed; the next token request uses it");
+                        self.invalidate().await;
+                    }
+                }
+            }
         }
     }
 

@@ -1,0 +1,513 @@
+//! Identity end to end: `test-auth` and `test-mail` against the emulator (every success and
+//! failure path), certificate and federated credentials, token cache behaviour under load and
+//! with short lifetimes, and credential rotation without a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use graph_relay::config::ClientCredentials;
+use graph_relay::graph::token::TokenProvider;
+use graph_relay_emulator::{Emulator, EmulatorConfig, Fault, FederatedCredential, Secret};
+
+use super::send_simple;
+use crate::support::*;
+
+/// `graph-relay ARGS` with `env`, off the runtime thread so the emulator keeps answering.
+async fn relay_command(args: &[&str], env: Vec<(String, String)>) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_relay(&args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+fn config_with(edit: impl FnOnce(&mut EmulatorConfig)) -> EmulatorConfig {
+    let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string()]);
+    edit(&mut config);
+    config
+}
+
+async fn start(config: EmulatorConfig) -> Emulator {
+    graph_relay_emulator::start(config).await.unwrap()
+}
+
+/// The relay's environment for `emulator`, with `set` replacing or adding keys and `unset` removed.
+fn env_with(
+    emulator: &Emulator,
+    dir: &Path,
+    set: &[(&str, &str)],
+    unset: &[&str],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = graph_env(emulator, dir)
+        .into_iter()
+        .filter(|(k, _)| !unset.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k))
+        .collect();
+    env.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+const SECRET_VAR: &str = "GRAPH_RELAY_AUTH__CLIENT_SECRET";
+
+#[tokio::test]
+async fn test_auth_reports_tenant_app_expiry_and_roles() {
+    let emulator = start(config_with(|_| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = relay_command(&["test-auth"], graph_env(&emulator, dir.path())).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for expected in [
+        &format!("tenant: {TENANT}"),
+        &format!("app id: {CLIENT_ID}"),
+        "expires: ",
+        "roles: Mail.Send",
+        "Mail.Send: granted",
+    ] {
+        assert!(out.contains(expected), "{expected} missing:\n{out}");
+    }
+    assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
+    assert!(
+        !out.contains("eyJ") && !err.contains("eyJ"),
+        "token printed:\n{out}{err}"
+    );
+}
+
+#[tokio::test]
+async fn test_auth_without_mail_send_names_both_causes_and_honours_rbac_only() {
+    let emulator = start(config_with(|c| c.tenants[0].apps[0].roles.clear())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = relay_command(&["test-auth"], graph_env(&emulator, dir.path())).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("roles: (none)"), "{out}");
+    assert!(out.contains("admin consent"), "{out}");
+    assert!(out.contains("RBAC for Applications"), "{out}");
+
+    let env = env_with(
+        &emulator,
+        dir.path(),
+        &[("GRAPH_RELAY_AUTH__RBAC_ONLY", "true")],
+        &[],
+    );
+    let (code, out, _) = relay_command(&["test-auth"], env).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("test-mail"), "{out}");
+}
+
+/// Each misconfiguration is classified on `error_codes` with one sentence of cause and fix, and
+/// Microsoft's ids are printed; nothing is retried in a loop.
+#[tokio::test]
+async fn test_auth_explains_each_token_refusal() {
+    let emulator = start(config_with(|c| {
+        c.tenants[0].apps[0].secrets.push(Secret {
+            value: "expired-secret-value".into(),
+            expired: true,
+        });
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // (setting, value, AADSTS code, words of the explanation)
+    let cases = [
+        (
+            SECRET_VAR,
+            "b5d0c2f4-secret-id-not-value",
+            7000215,
+            "secret's Value",
+        ),
+        (SECRET_VAR, "expired-secret-value", 7000222, "expired"),
+        (
+            "GRAPH_RELAY_AUTH__TENANT_ID",
+            "99999999-2222-3333-4444-555555555555",
+            90002,
+            "tenant was not found",
+        ),
+        (
+            "GRAPH_RELAY_AUTH__CLIENT_ID",
+            "cccccccc-0000-1111-2222-bbbbbbbbbbbb",
+            700016,
+            "auth.client_id",
+        ),
+        (
+            "GRAPH_RELAY_AUTH__SCOPE",
+            "https://graph.microsoft.us/.default",
+            70011,
+            "auth.scope",
+        ),
+    ];
+    for (key, value, code, words) in cases {
+        let before = emulator.token_requests();
+        let env = env_with(&emulator, dir.path(), &[(key, value)], &[]);
+        let (exit, out, err) = relay_command(&["test-auth"], env).await;
+        assert_eq!(exit, 2, "{key}={value}: {out}{err}");
+        assert!(out.contains(&format!("AADSTS{code}")), "{out}");
+        assert!(out.contains(words), "{key}: {out}");
+        for id in ["trace id: ", "correlation id: ", "timestamp: "] {
+            let line = out.lines().find(|l| l.starts_with(id)).unwrap_or_default();
+            assert!(
+                line.len() > id.len() + 8 && !line.contains("not given"),
+                "{id}: {out}"
+            );
+        }
+        assert!(
+            !out.contains(value) || key != SECRET_VAR,
+            "secret printed: {out}"
+        );
+        assert!(
+            !err.contains(value) || key != SECRET_VAR,
+            "secret logged: {err}"
+        );
+        assert_eq!(
+            emulator.token_requests(),
+            before + 1,
+            "{key}: refusals are not retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn test_auth_configuration_errors_exit_78() {
+    let (code, _, err) = relay_command(&["test-auth"], vec![]).await;
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("auth.tenant_id"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(config_with(|_| {})).await;
+    let env = env_with(
+        &emulator,
+        dir.path(),
+        &[(
+            "GRAPH_RELAY_AUTH__CLIENT_SECRET_FILE",
+            "/nonexistent/secret",
+        )],
+        &[SECRET_VAR],
+    );
+    let (code, _, err) = relay_command(&["test-auth"], env).await;
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("auth.client_secret_file"), "{err}");
+}
+
+#[tokio::test]
+async fn test_mail_sends_through_graph_and_explains_refusals() {
+    let emulator = start(config_with(|c| {
+        c.mailboxes = Some(vec![MAILBOX.into(), "unlicensed@contoso.com".into()]);
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, dir.path());
+    let (code, out, err) = relay_command(
+        &["test-mail", "--to", "alice@example.com", "--from", MAILBOX],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("sent: Graph accepted") && out.contains("request-id"),
+        "{out}"
+    );
+    let accepted = accepted_messages(&emulator);
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].0, MAILBOX);
+    assert_eq!(
+        accepted[0].1["toRecipients"][0]["emailAddress"]["address"],
+        "alice@example.com"
+    );
+
+    let (code, out, _) = relay_command(
+        &[
+            "test-mail",
+            "--to",
+            "alice@example.com",
+            "--from",
+            "nobody@contoso.com",
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("ErrorInvalidUser") && out.contains("not a user"),
+        "{out}"
+    );
+    assert!(out.contains("request-id: "), "{out}");
+
+    // No Mail.Send role and no RBAC scope for this mailbox: access denied, both remedies named.
+    let denied = start(config_with(|c| {
+        let app = &mut c.tenants[0].apps[0];
+        app.roles.clear();
+        app.rbac_mailboxes = vec!["other@contoso.com".into()];
+    }))
+    .await;
+    let (code, out, _) = relay_command(
+        &["test-mail", "--to", "alice@example.com", "--from", MAILBOX],
+        graph_env(&denied, dir.path()),
+    )
+    .await;
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("ErrorAccessDenied") && out.contains("RBAC for Applications"),
+        "{out}"
+    );
+
+    let (code, out, _) = relay_command(
+        &["test-mail", "--to", "alice@example.com", "--from", MAILBOX],
+        env_with(&emulator, dir.path(), &[(SECRET_VAR, "wrong")], &[]),
+    )
+    .await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("AADSTS7000215"), "{out}");
+}
+
+/// A self-signed RSA certificate and its key, written as PEM files.
+fn certificate(dir: &Path, name: &str) -> (String, String, rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["graph-relay".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_file = dir.join(format!("{name}.crt"));
+    let key_file = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+        key,
+        cert.pem(),
+    )
+}
+
+#[tokio::test]
+async fn certificate_credentials_authenticate_with_either_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file, key, cert_pem) = certificate(dir.path(), "app");
+    let (other_cert, other_key, ..) = certificate(dir.path(), "other");
+    let emulator = start(config_with(|c| {
+        c.tenants[0].apps[0].certificates = vec![cert_pem];
+    }))
+    .await;
+    let private_key = key.serialize_pem();
+    let key_line = private_key.lines().nth(1).unwrap();
+    for algorithm in ["PS256", "RS256"] {
+        let env = env_with(
+            &emulator,
+            dir.path(),
+            &[
+                ("GRAPH_RELAY_AUTH__CERTIFICATE_FILE", &cert_file),
+                ("GRAPH_RELAY_AUTH__PRIVATE_KEY_FILE", &key_file),
+                ("GRAPH_RELAY_AUTH__ASSERTION_ALGORITHM", algorithm),
+            ],
+            &[SECRET_VAR],
+        );
+        let (code, out, err) = relay_command(&["test-auth"], env).await;
+        assert_eq!(code, 0, "{algorithm}: {out}{err}");
+        assert!(
+            !out.contains(key_line) && !err.contains(key_line),
+            "key printed"
+        );
+    }
+    let env = env_with(
+        &emulator,
+        dir.path(),
+        &[
+            ("GRAPH_RELAY_AUTH__CERTIFICATE_FILE", &other_cert),
+            ("GRAPH_RELAY_AUTH__PRIVATE_KEY_FILE", &other_key),
+        ],
+        &[SECRET_VAR],
+    );
+    let (code, out, err) = relay_command(&["test-auth"], env).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("AADSTS700027") && out.contains("upload"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("eyJ") && !err.contains("eyJ"),
+        "assertion printed: {out}{err}"
+    );
+}
+
+#[tokio::test]
+async fn federated_assertion_file_is_read_on_every_fetch() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, issuer_key, issuer_pem) = certificate(dir.path(), "issuer");
+    let issuer = "https://oidc.cluster.example/";
+    let subject = "system:serviceaccount:mail:graph-relay";
+    let emulator = start(config_with(|c| {
+        c.tenants[0].apps[0].federated = vec![FederatedCredential {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            signing_certificate: issuer_pem,
+        }];
+    }))
+    .await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |exp: u64| {
+        let claims = serde_json::json!({
+            "aud": "api://AzureADTokenExchange", "iss": issuer, "sub": subject,
+            "nbf": now - 7200, "iat": now - 7200, "exp": exp,
+        });
+        let key = EncodingKey::from_rsa_pem(issuer_key.serialize_pem().as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+    };
+    let file = dir.path().join("azure-identity-token");
+    // An expired projected token first, then the refreshed one the kubelet writes.
+    std::fs::write(&file, sign(now - 3600)).unwrap();
+    let env = env_with(
+        &emulator,
+        dir.path(),
+        &[(
+            "GRAPH_RELAY_AUTH__CLIENT_ASSERTION_FILE",
+            file.to_str().unwrap(),
+        )],
+        &[SECRET_VAR],
+    );
+    let (code, out, _) = relay_command(&["test-auth"], env.clone()).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("AADSTS700024") && out.contains("clock"),
+        "{out}"
+    );
+    std::fs::write(&file, sign(now + 3600)).unwrap();
+    let (code, out, err) = relay_command(&["test-auth"], env).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+fn provider(emulator: &Emulator, secret: &str) -> TokenProvider {
+    TokenProvider::new(
+        reqwest::Client::new(),
+        &emulator.url().parse().unwrap(),
+        ClientCredentials::with_secret(TENANT, CLIENT_ID, secret),
+        "https://graph.microsoft.com/.default".into(),
+    )
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_callers_cost_one_token_request() {
+    let emulator = start(config_with(|_| {})).await;
+    let provider = Arc::new(provider(&emulator, SECRET));
+    let waiters: Vec<_> = (0..200)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.token().await.map(|t| t.secret().to_string()) })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for waiter in waiters {
+        tokens.push(waiter.await.unwrap().unwrap());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(emulator.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn transient_token_failures_are_retried_and_refusals_are_not() {
+    let emulator = start(config_with(|_| {})).await;
+    emulator.inject(Fault::token(503, 2));
+    let token = provider(&emulator, SECRET).token().await;
+    assert!(token.is_ok(), "{token:?}");
+    assert_eq!(emulator.token_requests(), 3, "two 503s, then the token");
+
+    let refused = provider(&emulator, "wrong").token().await;
+    assert!(
+        matches!(refused, Err(ref err) if !err.is_retryable()),
+        "{refused:?}"
+    );
+    assert_eq!(emulator.token_requests(), 4, "a refusal is asked once");
+}
+
+/// With 6-second tokens, 30 sends spread over 15 s refresh the token ahead of expiry: 3 to 10
+/// token requests and never a Graph 401.
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_before_graph_refuses_them() {
+    let emulator = start(config_with(|c| c.token_lifetime = Duration::from_secs(6))).await;
+    let spool = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
+    for i in 0..30 {
+        send_simple(relay.smtp, &format!("short token {i}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        emulator
+            .wait_for_accepted(30, Duration::from_secs(20))
+            .await,
+        "{}",
+        relay.logs()
+    );
+    let requests = emulator.token_requests();
+    assert!((3..=10).contains(&requests), "{requests} token requests");
+    assert!(
+        emulator.rejected().iter().all(|r| r.status != 401),
+        "{:?}",
+        emulator.rejected()
+    );
+}
+
+/// A secret file rotated while the relay runs is used without a restart: first on the next
+/// fetch, and a changed file drops the cached token.
+#[tokio::test]
+async fn rotated_secret_file_is_used_without_restart() {
+    let emulator = start(config_with(|c| {
+        c.tenants[0].apps[0].secrets.push(Secret {
+            value: "second-secret-value".into(),
+            expired: false,
+        });
+    }))
+    .await;
+    let spool = tempfile::tempdir().unwrap();
+    let secret_file = spool.path().join("client-secret");
+    std::fs::write(&secret_file, "stale-secret-value\n").unwrap();
+    let env = env_with(
+        &emulator,
+        spool.path(),
+        &[(
+            "GRAPH_RELAY_AUTH__CLIENT_SECRET_FILE",
+            secret_file.to_str().unwrap(),
+        )],
+        &[SECRET_VAR],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    send_simple(relay.smtp, "while the secret is stale").await;
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .rejected()
+            .iter()
+            .any(|r| r.code == "AADSTS7000215"))
+        .await,
+        "{}",
+        relay.logs()
+    );
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+    let before = emulator.token_requests();
+
+    // Rotation of a working secret: the changed content drops the cached token.
+    std::fs::write(&secret_file, "second-secret-value\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || relay
+            .logs()
+            .contains("a credential file changed"))
+        .await,
+        "{}",
+        relay.logs()
+    );
+    send_simple(relay.smtp, "after rotation").await;
+    assert!(
+        emulator.wait_for_accepted(2, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+    assert_eq!(emulator.token_requests(), before + 1);
+    let logs = relay.kill();
+    for secret in [SECRET, "second-secret-value", "stale-secret-value"] {
+        assert!(!logs.contains(secret), "{secret} in logs:\n{logs}");
+    }
+}
