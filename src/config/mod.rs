@@ -117,6 +117,7 @@ impl Config {
             },
         };
         self.queue.dir = Some(absolute("queue.dir", &dir)?);
+        self.graph.resolve(sources.env)?;
         self.auth.resolve(&mut self.graph.endpoint)
     }
 

@@ -25,6 +25,18 @@ fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
     })
 }
 
+/// A PEM file holding one self-signed certificate, for `graph.ca_file`.
+fn test_ca_file(dir: &Path) -> PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["test-ca".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path
+}
+
 /// `section.key` for every key the file documents (commented out or set).
 fn documented_keys() -> BTreeSet<String> {
     let mut section = String::new();
@@ -85,6 +97,10 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
             .replace(
                 "/etc/graph-relay/client-secret",
                 secret_file.to_str().unwrap(),
+            )
+            .replace(
+                "/etc/graph-relay/proxy-ca.pem",
+                test_ca_file(dir.path()).to_str().unwrap(),
             ),
     )
     .unwrap();
@@ -109,6 +125,8 @@ fn every_documented_key_can_be_set_from_the_environment() {
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "s3cret-from-file\n").unwrap();
     let secret_path = secret_file.to_str().unwrap();
+    let ca_file = test_ca_file(dir.path());
+    let ca_path = ca_file.to_str().unwrap();
     type Check = fn(&Config) -> bool;
     // (key, environment value, what the loaded configuration must then hold)
     let table: Vec<(&str, &str, Check)> = vec![
@@ -176,6 +194,10 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("graph.request_timeout", "1m", |c| {
             c.graph.request_timeout == Duration::from_secs(60)
         }),
+        ("graph.proxy", "http://proxy.example:3128", |c| {
+            c.graph.proxy.as_ref().map(url::Url::as_str) == Some("http://proxy.example:3128/")
+        }),
+        ("graph.ca_file", ca_path, |c| c.graph.ca_pem.is_some()),
         ("queue.dir", "/tmp/graph-relay-test-spool", |c| {
             c.queue.dir() == Path::new("/tmp/graph-relay-test-spool")
         }),
@@ -315,6 +337,19 @@ fn bad_values_name_their_key() {
         ),
         (&[("GRAPH_RELAY_AUTH__CLOUD", "mars")], "cloud"),
         (
+            &[("GRAPH_RELAY_GRAPH__PROXY", "socks5://127.0.0.1:1080")],
+            "graph.proxy",
+        ),
+        (&[("HTTPS_PROXY", "not a url")], "graph.proxy"),
+        (
+            &[("GRAPH_RELAY_GRAPH__CA_FILE", "/nonexistent/ca.pem")],
+            "graph.ca_file",
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__CA_FILE", "Cargo.toml")],
+            "graph.ca_file",
+        ),
+        (
             &[
                 ("GRAPH_RELAY_AUTH__CLOUD", "usgov"),
                 (
@@ -357,6 +392,26 @@ fn missing_credentials_are_named() {
         "{text}"
     );
     assert!(!text.contains("auth.client_id,"), "{text}");
+}
+
+#[test]
+fn proxy_comes_from_https_proxy_and_its_password_is_not_printed() {
+    let config = load(&[("HTTPS_PROXY", "http://user:pa55word@proxy.example:3128")]).unwrap();
+    assert_eq!(
+        config.graph.proxy.as_ref().map(url::Url::host_str),
+        Some(Some("proxy.example"))
+    );
+    let printed = config.to_redacted_toml();
+    assert!(!printed.contains("pa55word"), "{printed}");
+    let config = load(&[
+        ("HTTPS_PROXY", "http://ignored.example:1"),
+        ("GRAPH_RELAY_GRAPH__PROXY", "http://proxy.example:3128"),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.graph.proxy.unwrap().host_str(),
+        Some("proxy.example")
+    );
 }
 
 #[test]

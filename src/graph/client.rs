@@ -14,12 +14,23 @@ use crate::config::GraphConfig;
 /// # Errors
 /// The TLS backend could not be initialised.
 pub fn http_client(config: &GraphConfig) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("graph-relay/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
-        .build()
+        // Only graph.proxy (which defaults to $HTTPS_PROXY) applies, never for loopback.
+        .no_proxy();
+    if let Some(proxy) = &config.proxy {
+        builder = builder.proxy(
+            reqwest::Proxy::all(proxy.as_str())?
+                .no_proxy(reqwest::NoProxy::from_string("localhost,127.0.0.0/8,::1")),
+        );
+    }
+    if let Some(pem) = &config.ca_pem {
+        builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
+    }
+    builder.build()
 }
 
 /// The sendMail URL of a mailbox: the address is one percent-encoded path segment.
@@ -139,6 +150,29 @@ impl GraphClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let request_id = header_text(&headers, "request-id");
+        // What Microsoft support asks for about any one request; kept at info for refusals.
+        let date = header_text(&headers, "date").unwrap_or_default();
+        let diagnostic = header_text(&headers, "x-ms-ags-diagnostic").unwrap_or_default();
+        let request_id_text = request_id.as_deref().unwrap_or_default();
+        if status == 202 {
+            tracing::debug!(
+                status,
+                client_request_id,
+                request_id = request_id_text,
+                date,
+                x_ms_ags_diagnostic = diagnostic,
+                "Graph answered"
+            );
+        } else {
+            tracing::info!(
+                status,
+                client_request_id,
+                request_id = request_id_text,
+                date,
+                x_ms_ags_diagnostic = diagnostic,
+                "Graph answered"
+            );
+        }
         if status == 202 {
             return Ok(Accepted {
                 request_id,

@@ -511,3 +511,180 @@ async fn rotated_secret_file_is_used_without_restart() {
         assert!(!logs.contains(secret), "{secret} in logs:\n{logs}");
     }
 }
+
+/// A test CA, and a TLS server configuration for `names` signed by it: (CA PEM, config).
+fn tls_server(names: &[&str]) -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let server = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(server.der().to_vec())],
+        PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    )
+    .unwrap();
+    (ca.pem(), Arc::new(config))
+}
+
+/// Terminates TLS on a loopback port and forwards the plain bytes to `backend`.
+async fn tls_front(
+    config: Arc<rustls::ServerConfig>,
+    backend: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await
+                    && let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP CONNECT proxy on a loopback port that tunnels every target to `upstream` and records
+/// the targets asked for.
+async fn connect_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = targets.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut client = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                let mut request = String::new();
+                loop {
+                    line.clear();
+                    if client.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    request.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let target = request
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock().unwrap().push(target);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let mut client = client.into_inner();
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (addr, targets)
+}
+
+/// Over TLS through a proxy: without the test CA the certificate is refused (verification is
+/// on); with `graph.ca_file` both commands pass through the proxy. Loopback never uses it.
+#[tokio::test]
+async fn tls_is_verified_and_the_proxy_is_used_except_for_loopback() {
+    let emulator = start(config_with(|_| {})).await;
+    let (ca_pem, server) = tls_server(&["login.emulator.test", "graph.emulator.test"]);
+    let front = tls_front(server, emulator.addr()).await;
+    let (proxy, targets) = connect_proxy(front).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("proxy-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let proxy_url = format!("http://{proxy}");
+    let remote = [
+        (
+            "GRAPH_RELAY_AUTH__AUTHORITY_HOST",
+            "https://login.emulator.test",
+        ),
+        (
+            "GRAPH_RELAY_GRAPH__ENDPOINT",
+            "https://graph.emulator.test/v1.0",
+        ),
+        ("HTTPS_PROXY", proxy_url.as_str()),
+    ];
+
+    let (code, out, err) = relay_command(
+        &["test-auth"],
+        env_with(&emulator, dir.path(), &remote, &[]),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.to_lowercase().contains("certificate"), "{out}");
+    assert_eq!(emulator.token_requests(), 0);
+    // A connection failure is retried a bounded number of times (it may be transient).
+    let asked = targets.lock().unwrap().clone();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|t| t == "login.emulator.test:443"),
+        "{asked:?}"
+    );
+
+    let mut trusted = remote.to_vec();
+    trusted.push(("GRAPH_RELAY_GRAPH__CA_FILE", ca_file.to_str().unwrap()));
+    let env = env_with(&emulator, dir.path(), &trusted, &[]);
+    let (code, out, err) = relay_command(&["test-auth"], env.clone()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = relay_command(
+        &["test-mail", "--to", "alice@example.com", "--from", MAILBOX],
+        env,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        targets
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "graph.emulator.test:443")
+    );
+
+    // Loopback endpoints: HTTPS_PROXY and graph.proxy are both ignored.
+    let before = targets.lock().unwrap().len();
+    let loopback = [
+        ("HTTPS_PROXY", proxy_url.as_str()),
+        ("GRAPH_RELAY_GRAPH__PROXY", proxy_url.as_str()),
+    ];
+    for (key, value) in loopback {
+        let env = env_with(&emulator, dir.path(), &[(key, value)], &[]);
+        let (code, out, err) = relay_command(&["test-auth"], env).await;
+        assert_eq!(code, 0, "{key}: {out}{err}");
+    }
+    assert_eq!(
+        targets.lock().unwrap().len(),
+        before,
+        "loopback went through the proxy"
+    );
+}
