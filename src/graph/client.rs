@@ -150,35 +150,21 @@ impl GraphClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let request_id = header_text(&headers, "request-id");
-        // What Microsoft support asks for about any one request; kept at info for refusals.
-        let date = header_text(&headers, "date").unwrap_or_default();
-        let diagnostic = header_text(&headers, "x-ms-ags-diagnostic").unwrap_or_default();
-        let request_id_text = request_id.as_deref().unwrap_or_default();
-        if status == 202 {
-            tracing::debug!(
-                status,
-                client_request_id,
-                request_id = request_id_text,
-                date,
-                x_ms_ags_diagnostic = diagnostic,
-                "Graph answered"
-            );
-        } else {
-            tracing::info!(
-                status,
-                client_request_id,
-                request_id = request_id_text,
-                date,
-                x_ms_ags_diagnostic = diagnostic,
-                "Graph answered"
-            );
-        }
         if status == 202 {
             return Ok(Accepted {
                 request_id,
                 client_request_id,
             });
         }
+        // What Microsoft support asks for about a refused request.
+        tracing::info!(
+            status,
+            client_request_id,
+            request_id = request_id.as_deref().unwrap_or_default(),
+            date = header_text(&headers, "date").unwrap_or_default(),
+            x_ms_ags_diagnostic = header_text(&headers, "x-ms-ags-diagnostic").unwrap_or_default(),
+            "Graph refused the request"
+        );
         let body = response.bytes().await.unwrap_or_default();
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(parsed) => (parsed.error.code, parsed.error.message),

@@ -212,7 +212,7 @@ async fn test_mail_sends_through_graph_and_explains_refusals() {
         "alice@example.com"
     );
 
-    let (code, out, _) = relay_command(
+    let (code, out, err) = relay_command(
         &[
             "test-mail",
             "--to",
@@ -229,6 +229,16 @@ async fn test_mail_sends_through_graph_and_explains_refusals() {
         "{out}"
     );
     assert!(out.contains("request-id: "), "{out}");
+    // The ids Microsoft support asks for stay in the log.
+    let logged = err
+        .lines()
+        .find(|l| l.contains("Graph refused the request"));
+    assert!(
+        logged.is_some_and(|l| l.contains("request_id=")
+            && l.contains(" date=")
+            && l.contains("client_request_id=")),
+        "{err}"
+    );
 
     // No Mail.Send role and no RBAC scope for this mailbox: access denied, both remedies named.
     let denied = start(config_with(|c| {
