@@ -96,9 +96,7 @@ fn token_failure(err: TokenError) -> anyhow::Result<Report> {
             error,
             codes,
             description,
-            trace_id,
-            correlation_id,
-            timestamp,
+            ids,
         } => {
             let codes_text: Vec<String> = codes.iter().map(|c| format!("AADSTS{c}")).collect();
             let _ = writeln!(
@@ -111,9 +109,9 @@ fn token_failure(err: TokenError) -> anyhow::Result<Report> {
                 let _ = writeln!(text, "cause and fix: {sentence}");
             }
             for (name, value) in [
-                ("trace id", trace_id),
-                ("correlation id", correlation_id),
-                ("timestamp", timestamp),
+                ("trace id", &ids.trace_id),
+                ("correlation id", &ids.correlation_id),
+                ("timestamp", &ids.timestamp),
             ] {
                 let _ = writeln!(
                     text,

@@ -73,7 +73,7 @@ pub enum TokenError {
     #[error(
         "Entra refused the token request (HTTP {status}, {error}{}): {description}{}",
         codes_suffix(codes),
-        ids_suffix(trace_id, correlation_id)
+        ids_suffix(ids)
     )]
     Refused {
         status: u16,
@@ -81,9 +81,8 @@ pub enum TokenError {
         codes: Vec<u64>,
         /// First line of `error_description` (the rest repeats the ids below).
         description: String,
-        trace_id: Option<String>,
-        correlation_id: Option<String>,
-        timestamp: Option<String>,
+        /// Boxed: keeps every `Result<_, TokenError>` small.
+        ids: Box<EntraIds>,
     },
     #[error("token endpoint {url} could not be reached: {reason}")]
     Unreachable { url: String, reason: String },
@@ -98,8 +97,16 @@ fn codes_suffix(codes: &[u64]) -> String {
     codes.iter().map(|code| format!(", AADSTS{code}")).collect()
 }
 
-fn ids_suffix(trace_id: &Option<String>, correlation_id: &Option<String>) -> String {
-    match (trace_id, correlation_id) {
+/// What Microsoft support asks for about a refused token request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntraIds {
+    pub trace_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+fn ids_suffix(ids: &EntraIds) -> String {
+    match (&ids.trace_id, &ids.correlation_id) {
         (Some(trace), Some(correlation)) => {
             format!(" (trace id {trace}, correlation id {correlation})")
         }
@@ -476,9 +483,11 @@ impl TokenProvider {
                 .next()
                 .unwrap_or_default()
                 .to_string(),
-            trace_id: refusal.trace_id,
-            correlation_id: refusal.correlation_id,
-            timestamp: refusal.timestamp,
+            ids: Box::new(EntraIds {
+                trace_id: refusal.trace_id,
+                correlation_id: refusal.correlation_id,
+                timestamp: refusal.timestamp,
+            }),
         })
     }
 }
@@ -539,9 +548,11 @@ mod tests {
             error: "invalid_client".into(),
             codes: vec![7000215],
             description: "AADSTS7000215: Invalid client secret provided.".into(),
-            trace_id: Some("t".into()),
-            correlation_id: Some("c".into()),
-            timestamp: None,
+            ids: Box::new(EntraIds {
+                trace_id: Some("t".into()),
+                correlation_id: Some("c".into()),
+                timestamp: None,
+            }),
         };
         assert!(!refused(401).is_retryable());
         assert!(!refused(400).is_retryable());
