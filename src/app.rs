@@ -69,14 +69,8 @@ pub async fn run(
     let mut followed_tokens = None;
     let outbound = match &mode {
         Mode::Graph => {
-            let credentials = config.auth.credentials()?;
             let http = http_client(&config.graph).map_err(AppError::HttpClient)?;
-            let tokens = TokenProvider::new(
-                http.clone(),
-                &config.auth.authority_host,
-                credentials,
-                config.auth.scope.clone(),
-            );
+            let tokens = TokenProvider::from_config(http.clone(), &config.auth)?;
             followed_tokens = Some(tokens.clone());
             Outbound::Graph {
                 tokens: Box::new(tokens),

@@ -99,7 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 env: &env,
                 dry_run: None,
             })?;
-            config.auth.credentials()?;
+            config.auth.all_credentials()?;
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }

@@ -120,7 +120,7 @@ async fn send(
 ) -> Outcome {
     let mut retried_unauthorized = false;
     loop {
-        let token = match tokens.token().await {
+        let token = match tokens.token_for(sender).await {
             Ok(token) => token,
             Err(err) => {
                 if !err.is_retryable() {
@@ -143,7 +143,7 @@ async fn send(
                 return Outcome::Delivered;
             }
             Err(err) if err.is_unauthorized() && !retried_unauthorized => {
-                tokens.invalidate().await;
+                tokens.invalidate_for(sender).await;
                 retried_unauthorized = true;
             }
             Err(err) if err.is_retryable() => {

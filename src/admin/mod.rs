@@ -72,19 +72,15 @@ fn config_error(err: TokenError) -> anyhow::Error {
     }
 }
 
-/// The token provider for `config`.
+/// The token provider for `config`, every profile included.
 ///
 /// # Errors
 /// Missing credentials (a [`ConfigError`]) or no HTTP client.
 fn provider(config: &Config) -> anyhow::Result<TokenProvider> {
-    let credentials = config.auth.credentials()?;
-    let http = http_client(&config.graph)?;
-    Ok(TokenProvider::new(
-        http,
-        &config.auth.authority_host,
-        credentials,
-        config.auth.scope.clone(),
-    ))
+    Ok(TokenProvider::from_config(
+        http_client(&config.graph)?,
+        &config.auth,
+    )?)
 }
 
 /// Explains a failed token request; configuration failures become a [`ConfigError`] (exit 78).
@@ -234,7 +230,7 @@ pub async fn test_mail(config: &Config, from: &str, to: &str) -> anyhow::Result<
     let client = GraphClient::new(http_client(&config.graph)?, config.graph.endpoint.clone());
     let mut retried = false;
     loop {
-        let token = match provider.token().await {
+        let token = match provider.token_for(&converted.sender).await {
             Ok(token) => token,
             Err(err) => return token_failure(err),
         };
@@ -255,7 +251,7 @@ pub async fn test_mail(config: &Config, from: &str, to: &str) -> anyhow::Result<
             }
             // One fresh token, as deliveries do.
             Err(err) if err.is_unauthorized() && !retried => {
-                provider.invalidate().await;
+                provider.invalidate_for(&converted.sender).await;
                 retried = true;
             }
             Err(GraphError::Refused {

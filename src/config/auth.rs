@@ -2,6 +2,7 @@
 //! national cloud it lives in, and how the app proves its identity (secret, certificate, or a
 //! federated assertion file).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -122,6 +123,66 @@ pub struct AuthConfig {
     /// Sending is granted through Exchange RBAC for Applications only, so tokens carry no
     /// `Mail.Send` role: `test-auth` then passes and says to confirm with `test-mail`.
     pub rbac_only: bool,
+    /// Further app registrations as `[auth.profiles.NAME]`, each chosen by sender mailbox or
+    /// domain; `[auth]` itself is the default profile.
+    pub profiles: BTreeMap<String, ProfileConfig>,
+}
+
+/// `[auth.profiles.NAME]`: another app registration (same cloud and endpoints as `[auth]`), with
+/// its own token cache, used for the senders it lists.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    /// Sender mailboxes (`billing@fabrikam.com`) and domains (`fabrikam.com`), comma-separated.
+    /// A mailbox listed anywhere wins over a domain.
+    pub senders: String,
+    /// As `auth.tenant_id`.
+    pub tenant_id: Option<String>,
+    /// As `auth.client_id`.
+    pub client_id: Option<String>,
+    /// As `auth.client_secret`.
+    #[serde(serialize_with = "redact")]
+    pub client_secret: Option<SecretString>,
+    /// As `auth.client_secret_file`.
+    pub client_secret_file: Option<PathBuf>,
+    /// As `auth.certificate_file`.
+    pub certificate_file: Option<PathBuf>,
+    /// As `auth.private_key_file`.
+    pub private_key_file: Option<PathBuf>,
+    /// As `auth.assertion_algorithm`.
+    pub assertion_algorithm: AssertionAlgorithm,
+    /// As `auth.client_assertion_file`.
+    pub client_assertion_file: Option<PathBuf>,
+}
+
+impl ProfileConfig {
+    /// The listed senders, trimmed and lower-cased.
+    pub fn sender_list(&self) -> Vec<String> {
+        self.senders
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// A profile's name (`None`: the default `[auth]`), the senders it serves, its credentials.
+pub type ProfileCredentials = (Option<String>, Vec<String>, ClientCredentials);
+
+/// Which profile sends as `sender`: a profile listing the mailbox itself, else one listing its
+/// domain, else the default (`None`). `profiles` are (name, listed senders).
+pub fn select_profile<'a>(profiles: &'a [(String, Vec<String>)], sender: &str) -> Option<&'a str> {
+    let sender = sender.to_ascii_lowercase();
+    let domain = sender
+        .rsplit_once('@')
+        .map(|(_, domain)| domain.to_string());
+    let listing = |wanted: &str| {
+        profiles
+            .iter()
+            .find(|(_, senders)| senders.iter().any(|s| s == wanted))
+            .map(|(name, _)| name.as_str())
+    };
+    listing(&sender).or_else(|| domain.as_deref().and_then(listing))
 }
 
 impl Default for AuthConfig {
@@ -140,6 +201,7 @@ impl Default for AuthConfig {
             authority_host: url::Url::parse(Cloud::Global.authority_host()).expect("static URL"),
             scope: Cloud::Global.scope(),
             rbac_only: false,
+            profiles: BTreeMap::new(),
         }
     }
 }
@@ -250,8 +312,8 @@ impl AuthConfig {
         Ok(())
     }
 
-    /// Makes file paths absolute and fills cloud-specific defaults in.
-    pub(super) fn resolve(&mut self, graph_endpoint: &mut url::Url) -> Result<(), ConfigError> {
+    /// Makes the credential file paths absolute and reads the secret file.
+    fn resolve_files(&mut self) -> Result<(), ConfigError> {
         for (key, file) in [
             ("auth.client_secret_file", &mut self.client_secret_file),
             ("auth.certificate_file", &mut self.certificate_file),
@@ -265,6 +327,12 @@ impl AuthConfig {
                 *path = super::absolute(key, path)?;
             }
         }
+        self.load_secret_file()
+    }
+
+    /// Makes file paths absolute and fills cloud-specific defaults in.
+    pub(super) fn resolve(&mut self, graph_endpoint: &mut url::Url) -> Result<(), ConfigError> {
+        self.resolve_files()?;
         // A value left at the worldwide default follows the chosen cloud; anything set stays.
         let global = Cloud::Global;
         let parse = |text: &str| url::Url::parse(text).expect("static URL");
@@ -277,7 +345,54 @@ impl AuthConfig {
         if *graph_endpoint == parse(&global.graph_endpoint()) {
             *graph_endpoint = parse(&self.cloud.graph_endpoint());
         }
-        self.load_secret_file()
+        let names: Vec<String> = self.profiles.keys().cloned().collect();
+        for name in names {
+            let mut derived = self.profile(&name).expect("listed profile");
+            derived
+                .resolve_files()
+                .map_err(|err| err.within_profile(&name))?;
+            let profile = self.profiles.get_mut(&name).expect("listed profile");
+            profile.client_secret = derived.client_secret;
+            profile.client_secret_file = derived.client_secret_file;
+            profile.certificate_file = derived.certificate_file;
+            profile.private_key_file = derived.private_key_file;
+            profile.client_assertion_file = derived.client_assertion_file;
+        }
+        Ok(())
+    }
+
+    /// The `[auth]` settings with profile `name`'s app and credential in place of the default's.
+    pub fn profile(&self, name: &str) -> Option<AuthConfig> {
+        let profile = self.profiles.get(name)?;
+        Some(AuthConfig {
+            tenant_id: profile.tenant_id.clone(),
+            client_id: profile.client_id.clone(),
+            client_secret: profile.client_secret.clone(),
+            client_secret_file: profile.client_secret_file.clone(),
+            client_secret_expires: None,
+            certificate_file: profile.certificate_file.clone(),
+            private_key_file: profile.private_key_file.clone(),
+            assertion_algorithm: profile.assertion_algorithm,
+            client_assertion_file: profile.client_assertion_file.clone(),
+            profiles: BTreeMap::new(),
+            ..self.clone()
+        })
+    }
+
+    /// Credentials of every profile, the default (`None`) first, with the senders each serves.
+    ///
+    /// # Errors
+    /// A profile lacks or mixes credentials, as `auth.profiles.NAME.key: …`.
+    pub fn all_credentials(&self) -> Result<Vec<ProfileCredentials>, ConfigError> {
+        let mut all = vec![(None, Vec::new(), self.credentials()?)];
+        for (name, profile) in &self.profiles {
+            let derived = self.profile(name).expect("listed profile");
+            let credentials = derived
+                .credentials()
+                .map_err(|err| err.within_profile(name))?;
+            all.push((Some(name.clone()), profile.sender_list(), credentials));
+        }
+        Ok(all)
     }
 
     pub(super) fn validate(&self, graph_endpoint: &url::Url) -> Result<(), ConfigError> {
@@ -322,6 +437,24 @@ impl AuthConfig {
                     format!("{date:?} is not a date written YYYY-MM-DD"),
                 )
             })?;
+        }
+        for name in self.profiles.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::new(
+                    format!("auth.profiles.{name}"),
+                    "profile names are letters, digits and _ (they appear in environment variable names)",
+                ));
+            }
+            let profile = self.profile(name).expect("listed profile");
+            profile
+                .validate(graph_endpoint)
+                .map_err(|err| err.within_profile(name))?;
+            if self.profiles[name].sender_list().is_empty() {
+                return Err(ConfigError::new(
+                    format!("auth.profiles.{name}.senders"),
+                    "list the sender mailboxes or domains this profile sends for",
+                ));
+            }
         }
         if self.certificate_file.is_some() != self.private_key_file.is_some() {
             return Err(ConfigError::new(
@@ -582,6 +715,32 @@ mod tests {
                 refused.map(str::to_string),
                 "{host} {scope} {endpoint}"
             );
+        }
+    }
+
+    #[test]
+    fn profiles_are_chosen_by_mailbox_then_domain() {
+        let profiles = vec![
+            ("sales".to_string(), vec!["fabrikam.com".to_string()]),
+            (
+                "ceo".to_string(),
+                vec![
+                    "boss@fabrikam.com".to_string(),
+                    "ceo@contoso.com".to_string(),
+                ],
+            ),
+        ];
+        // (sender, chosen profile; None = the default [auth])
+        let table = [
+            ("anyone@fabrikam.com", Some("sales")),
+            ("Boss@Fabrikam.com", Some("ceo")),
+            ("ceo@contoso.com", Some("ceo")),
+            ("scanner@contoso.com", None),
+            ("someone@sub.fabrikam.com", None),
+            ("no-domain", None),
+        ];
+        for (sender, chosen) in table {
+            assert_eq!(select_profile(&profiles, sender), chosen, "{sender}");
         }
     }
 

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use auth::{
-    AssertionAlgorithm, AuthConfig, ClientCredentials, Cloud, Credential, read_secret_file,
+    AssertionAlgorithm, AuthConfig, ClientCredentials, Cloud, Credential, ProfileConfig,
+    read_secret_file, select_profile,
 };
 pub use graph::GraphConfig;
 pub use http::HttpConfig;
@@ -51,6 +52,19 @@ impl ConfigError {
         Self {
             key: key.into(),
             problem: problem.into(),
+        }
+    }
+
+    /// The same problem, found in profile `name`: `auth.x` becomes `auth.profiles.NAME.x`.
+    pub fn within_profile(self, name: &str) -> Self {
+        let prefixed = |text: &str| text.replace("auth.", &format!("auth.profiles.{name}."));
+        Self {
+            key: if self.key == "auth" {
+                format!("auth.profiles.{name}")
+            } else {
+                prefixed(&self.key)
+            },
+            problem: prefixed(&self.problem),
         }
     }
 }

@@ -43,7 +43,13 @@ fn documented_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for line in DOCUMENTED.lines() {
         let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        // `[auth.profiles.NAME]` is documented commented out, like its keys.
+        let header = line.strip_prefix("#[auth.profiles.").map(|_| &line[1..]);
+        if let Some(name) = header
+            .unwrap_or(line)
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+        {
             section = name.to_string();
         } else if let Some((key, _)) = line.trim_start_matches('#').split_once(" = ")
             && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
@@ -60,7 +66,15 @@ fn code_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for (section, fields) in value.as_object().unwrap() {
         for key in fields.as_object().unwrap().keys() {
-            keys.insert(format!("{section}.{key}"));
+            if key == "profiles" {
+                // A named table: its keys are documented once, under `NAME`.
+                let profile = serde_json::to_value(ProfileConfig::default()).unwrap();
+                for field in profile.as_object().unwrap().keys() {
+                    keys.insert(format!("{section}.profiles.NAME.{field}"));
+                }
+            } else {
+                keys.insert(format!("{section}.{key}"));
+            }
         }
     }
     keys
@@ -76,7 +90,12 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
     let uncommented: String = DOCUMENTED
         .lines()
         .map(|line| match line.strip_prefix('#') {
-            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            Some(rest)
+                if (rest.contains(" = ") || rest.starts_with("[auth.profiles."))
+                    && !rest.starts_with(' ') =>
+            {
+                rest
+            }
             _ => line,
         })
         .collect::<Vec<_>>()
@@ -185,6 +204,51 @@ fn every_documented_key_can_be_set_from_the_environment() {
         // With a loopback graph.endpoint below, usgov fills in what is left at its default.
         ("auth.cloud", "usgov", |c| c.auth.cloud == Cloud::Usgov),
         ("auth.rbac_only", "true", |c| c.auth.rbac_only),
+        ("auth.profiles.NAME.senders", "fabrikam.com", |c| {
+            c.auth.profiles["sales"].senders == "fabrikam.com"
+        }),
+        (
+            "auth.profiles.NAME.tenant_id",
+            "fabrikam.onmicrosoft.com",
+            |c| c.auth.profiles["sales"].tenant_id.as_deref() == Some("fabrikam.onmicrosoft.com"),
+        ),
+        ("auth.profiles.NAME.client_id", "sales-app", |c| {
+            c.auth.profiles["sales"].client_id.as_deref() == Some("sales-app")
+        }),
+        ("auth.profiles.NAME.client_secret", "", |_| true), // exclusive with the file
+        ("auth.profiles.NAME.client_secret_file", secret_path, |c| {
+            c.auth.profiles["sales"]
+                .client_secret
+                .as_ref()
+                .is_some_and(|s| s.expose_secret() == "s3cret-from-file")
+        }),
+        (
+            "auth.profiles.NAME.certificate_file",
+            "/etc/sales.pem",
+            |c| {
+                c.auth.profiles["sales"].certificate_file.as_deref()
+                    == Some(Path::new("/etc/sales.pem"))
+            },
+        ),
+        (
+            "auth.profiles.NAME.private_key_file",
+            "/etc/sales.key",
+            |c| {
+                c.auth.profiles["sales"].private_key_file.as_deref()
+                    == Some(Path::new("/etc/sales.key"))
+            },
+        ),
+        ("auth.profiles.NAME.assertion_algorithm", "RS256", |c| {
+            c.auth.profiles["sales"].assertion_algorithm == AssertionAlgorithm::RS256
+        }),
+        (
+            "auth.profiles.NAME.client_assertion_file",
+            "/var/run/sales-token",
+            |c| {
+                c.auth.profiles["sales"].client_assertion_file.as_deref()
+                    == Some(Path::new("/var/run/sales-token"))
+            },
+        ),
         ("graph.endpoint", "http://[::1]:8080/v1.0", |c| {
             c.graph.endpoint.as_str() == "http://[::1]:8080/v1.0"
         }),
@@ -218,15 +282,12 @@ fn every_documented_key_can_be_set_from_the_environment() {
 
     let vars: Vec<(String, String)> = table
         .iter()
-        .filter(|(key, ..)| *key != "auth.client_secret")
+        .filter(|(key, ..)| !key.ends_with(".client_secret"))
         .map(|(key, value, _)| {
-            let (section, name) = key.split_once('.').unwrap();
+            // Named tables: `auth.profiles.NAME.x` is GRAPH_RELAY_AUTH__PROFILES__SALES__X.
+            let path = key.replace("NAME", "sales").replace('.', "__");
             (
-                format!(
-                    "GRAPH_RELAY_{}__{}",
-                    section.to_uppercase(),
-                    name.to_uppercase()
-                ),
+                format!("GRAPH_RELAY_{}", path.to_uppercase()),
                 value.to_string(),
             )
         })
@@ -337,6 +398,17 @@ fn bad_values_name_their_key() {
         ),
         (&[("GRAPH_RELAY_AUTH__CLOUD", "mars")], "cloud"),
         (
+            &[("GRAPH_RELAY_AUTH__PROFILES__SALES__TENANT_ID", "t.example")],
+            "auth.profiles.sales.senders",
+        ),
+        (
+            &[
+                ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+                ("GRAPH_RELAY_AUTH__PROFILES__SALES__TENANT_ID", "common"),
+            ],
+            "auth.profiles.sales.tenant_id",
+        ),
+        (
             &[("GRAPH_RELAY_GRAPH__PROXY", "socks5://127.0.0.1:1080")],
             "graph.proxy",
         ),
@@ -412,6 +484,34 @@ fn proxy_comes_from_https_proxy_and_its_password_is_not_printed() {
         config.graph.proxy.unwrap().host_str(),
         Some("proxy.example")
     );
+}
+
+#[test]
+fn each_profile_needs_its_own_complete_credentials() {
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__TENANT_ID", "t.example"),
+        ("GRAPH_RELAY_AUTH__CLIENT_ID", "c"),
+        ("GRAPH_RELAY_AUTH__CLIENT_SECRET", "s"),
+        ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+        ("GRAPH_RELAY_AUTH__PROFILES__SALES__CLIENT_ID", "sales-app"),
+    ])
+    .unwrap();
+    let text = config.auth.all_credentials().unwrap_err().to_string();
+    assert!(
+        text.starts_with("auth.profiles.sales: missing auth.profiles.sales.tenant_id"),
+        "{text}"
+    );
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+        (
+            "GRAPH_RELAY_AUTH__PROFILES__SALES__CLIENT_SECRET",
+            "Sales~very-secret",
+        ),
+    ])
+    .unwrap();
+    let printed = config.to_redacted_toml();
+    assert!(!printed.contains("Sales~very-secret"), "{printed}");
+    assert!(!format!("{config:?}").contains("Sales~very-secret"));
 }
 
 #[test]

@@ -698,3 +698,63 @@ async fn tls_is_verified_and_the_proxy_is_used_except_for_loopback() {
         "loopback went through the proxy"
     );
 }
+
+/// `[auth.profiles.NAME]` from the environment: a sender's domain picks the profile's app, each
+/// profile keeps its own cached token.
+#[tokio::test]
+async fn profiles_are_chosen_by_sender_and_cache_their_own_tokens() {
+    const SALES_CLIENT: &str = "cccccccc-0000-1111-2222-dddddddddddd";
+    const SALES_SECRET: &str = "sales~secret~value";
+    const SALES_MAILBOX: &str = "orders@fabrikam.com";
+    let emulator = start(config_with(|c| {
+        c.mailboxes = Some(vec![MAILBOX.into(), SALES_MAILBOX.into()]);
+        let mut sales = c.tenants[0].apps[0].clone();
+        sales.client_id = SALES_CLIENT.into();
+        sales.secrets = vec![Secret {
+            value: SALES_SECRET.into(),
+            expired: false,
+        }];
+        c.tenants[0].apps.push(sales);
+    }))
+    .await;
+    let spool = tempfile::tempdir().unwrap();
+    let env = env_with(
+        &emulator,
+        spool.path(),
+        &[
+            ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+            ("GRAPH_RELAY_AUTH__PROFILES__SALES__TENANT_ID", TENANT),
+            ("GRAPH_RELAY_AUTH__PROFILES__SALES__CLIENT_ID", SALES_CLIENT),
+            (
+                "GRAPH_RELAY_AUTH__PROFILES__SALES__CLIENT_SECRET",
+                SALES_SECRET,
+            ),
+        ],
+        &[],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    for round in 0..2 {
+        for sender in [MAILBOX, SALES_MAILBOX] {
+            let mut smtp = SmtpClient::connect(relay.smtp).await;
+            smtp.command("EHLO c", "250").await;
+            let data = format!("From: {sender}\r\nSubject: round {round}\r\n\r\nx\r\n");
+            smtp.submit(sender, &["alice@example.com"], &data).await;
+        }
+    }
+    assert!(
+        emulator.wait_for_accepted(4, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+    for mail in emulator.accepted() {
+        let expected = if mail.mailbox == SALES_MAILBOX {
+            SALES_CLIENT
+        } else {
+            CLIENT_ID
+        };
+        assert_eq!(mail.client_id, expected, "{}", mail.mailbox);
+    }
+    assert_eq!(emulator.token_requests(), 2, "one token per profile");
+    let logs = relay.kill();
+    assert!(!logs.contains(SALES_SECRET), "{logs}");
+}

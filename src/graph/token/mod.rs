@@ -12,7 +12,10 @@ use serde::Deserialize;
 
 use tokio::sync::watch;
 
-use crate::config::{ClientCredentials, Config, Credential, read_secret_file};
+use crate::config::{
+    AuthConfig, ClientCredentials, Config, ConfigError, Credential, read_secret_file,
+    select_profile,
+};
 
 pub mod assertion;
 
@@ -34,8 +37,8 @@ fn days_since_epoch() -> i64 {
 /// `client_assertion_type` of a JWT client assertion (RFC 7523).
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// Cache key of the only profile so far (named profiles are a later addition).
-const DEFAULT_PROFILE: &str = "default";
+/// Cache key of the default profile (`[auth]`); profile names cannot contain brackets.
+const DEFAULT_PROFILE: &str = "[auth]";
 /// Upper bound of the early-refresh margin.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
@@ -174,22 +177,32 @@ impl Settings {
     }
 }
 
-/// Fetches and caches tokens for one app registration. Clones share the cache and settings, so
-/// the reload task and the deliveries see the same token.
+/// One authentication profile: where its tokens come from and the senders it serves.
+#[derive(Debug, Clone, PartialEq)]
+struct Profile {
+    /// Cache key: [`DEFAULT_PROFILE`] or the profile's name.
+    key: String,
+    senders: Vec<String>,
+    settings: Settings,
+}
+
+/// Fetches and caches one token per authentication profile. Clones share the cache and settings,
+/// so the reload task and the deliveries see the same tokens.
 #[derive(Clone)]
 pub struct TokenProvider {
     http: reqwest::Client,
-    settings: Arc<std::sync::Mutex<Settings>>,
-    cache: Cache<&'static str, Arc<AccessToken>>,
+    /// The default profile (`[auth]`) first.
+    profiles: Arc<std::sync::Mutex<Vec<Profile>>>,
+    cache: Cache<String, Arc<AccessToken>>,
     backoff: ExponentialBuilder,
 }
 
 struct RefreshAhead;
 
-impl moka::Expiry<&'static str, Arc<AccessToken>> for RefreshAhead {
+impl moka::Expiry<String, Arc<AccessToken>> for RefreshAhead {
     fn expire_after_create(
         &self,
-        _key: &&'static str,
+        _key: &String,
         token: &Arc<AccessToken>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -207,62 +220,118 @@ fn default_backoff() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// Every profile of `auth`, the default first.
+fn profiles_of(auth: &AuthConfig) -> Result<Vec<Profile>, ConfigError> {
+    Ok(auth
+        .all_credentials()?
+        .into_iter()
+        .map(|(name, senders, credentials)| Profile {
+            key: name.unwrap_or_else(|| DEFAULT_PROFILE.to_string()),
+            senders,
+            settings: Settings::new(&auth.authority_host, credentials, auth.scope.clone()),
+        })
+        .collect())
+}
+
 impl TokenProvider {
+    /// A provider with the default profile only.
     pub fn new(
         http: reqwest::Client,
         authority_host: &url::Url,
         credentials: ClientCredentials,
         scope: String,
     ) -> Self {
+        Self::with_profiles(
+            http,
+            vec![Profile {
+                key: DEFAULT_PROFILE.to_string(),
+                senders: Vec::new(),
+                settings: Settings::new(authority_host, credentials, scope),
+            }],
+        )
+    }
+
+    /// A provider for `[auth]` and every `[auth.profiles.NAME]`.
+    ///
+    /// # Errors
+    /// A profile lacks or mixes credentials.
+    pub fn from_config(http: reqwest::Client, auth: &AuthConfig) -> Result<Self, ConfigError> {
+        Ok(Self::with_profiles(http, profiles_of(auth)?))
+    }
+
+    fn with_profiles(http: reqwest::Client, profiles: Vec<Profile>) -> Self {
         Self {
             http,
-            settings: Arc::new(std::sync::Mutex::new(Settings::new(
-                authority_host,
-                credentials,
-                scope,
-            ))),
+            profiles: Arc::new(std::sync::Mutex::new(profiles)),
             cache: Cache::builder()
-                .max_capacity(16)
+                .max_capacity(1024)
                 .expire_after(RefreshAhead)
                 .build(),
             backoff: default_backoff(),
         }
     }
 
-    /// A valid token, from the cache or freshly fetched (one fetch for all concurrent callers).
+    /// The cache key of the profile that sends as `sender`.
+    fn key_for(&self, sender: &str) -> String {
+        let profiles = self.lock();
+        let listed: Vec<(String, Vec<String>)> = profiles
+            .iter()
+            .map(|p| (p.key.clone(), p.senders.clone()))
+            .collect();
+        select_profile(&listed, sender)
+            .unwrap_or(DEFAULT_PROFILE)
+            .to_string()
+    }
+
+    /// A valid token of the default profile (see [`TokenProvider::token_for`]).
     ///
     /// # Errors
     /// The token endpoint refused or could not be reached, or the credential is unusable.
     pub async fn token(&self) -> Result<Arc<AccessToken>, TokenError> {
+        self.token_of(DEFAULT_PROFILE.to_string()).await
+    }
+
+    /// A valid token of the profile that sends as `sender`, from the cache or freshly fetched
+    /// (one fetch for all concurrent callers of that profile).
+    ///
+    /// # Errors
+    /// The token endpoint refused or could not be reached, or the credential is unusable.
+    pub async fn token_for(&self, sender: &str) -> Result<Arc<AccessToken>, TokenError> {
+        self.token_of(self.key_for(sender)).await
+    }
+
+    async fn token_of(&self, key: String) -> Result<Arc<AccessToken>, TokenError> {
+        let fetch = self.fetch(key.clone());
         self.cache
-            .try_get_with(DEFAULT_PROFILE, self.fetch())
+            .try_get_with(key, fetch)
             .await
             .map_err(|err| (*err).clone())
     }
 
-    /// Drops the cached token, after Graph refused it or the credential changed.
+    /// Drops the default profile's cached token.
     pub async fn invalidate(&self) {
         self.cache.invalidate(DEFAULT_PROFILE).await;
     }
 
-    /// Applies reloaded settings; a change drops the cached token so the next one uses them.
-    pub async fn update(
-        &self,
-        authority_host: &url::Url,
-        credentials: ClientCredentials,
-        scope: String,
-    ) {
-        let new = Settings::new(authority_host, credentials, scope);
+    /// Drops the cached token of `sender`'s profile, after Graph refused it.
+    pub async fn invalidate_for(&self, sender: &str) {
+        self.cache.invalidate(&self.key_for(sender)).await;
+    }
+
+    /// Applies reloaded settings; a change drops the cached tokens so the next ones use them.
+    pub async fn update(&self, auth: &AuthConfig) -> Result<(), ConfigError> {
+        let new = profiles_of(auth)?;
         let changed = {
-            let mut settings = self.lock();
-            let changed = *settings != new;
-            *settings = new;
+            let mut profiles = self.lock();
+            let changed = *profiles != new;
+            *profiles = new;
             changed
         };
         if changed {
-            tracing::info!("authentication settings changed; the next token uses them");
-            self.invalidate().await;
+            tracing::info!("authentication settings changed; the next tokens use them");
+            self.cache.invalidate_all();
         }
+        Ok(())
     }
 
     /// Follows the configuration until `stop`: a reload (SIGHUP) applies changed `[auth]`
@@ -296,12 +365,8 @@ impl TokenProvider {
                         return;
                     }
                     let new = config.borrow_and_update().clone();
-                    match new.auth.credentials() {
-                        Ok(credentials) => {
-                            self.update(&new.auth.authority_host, credentials, new.auth.scope.clone())
-                                .await;
-                        }
-                        Err(err) => tracing::error!(error = %err, "reloaded [auth] unusable; keeping the current credentials"),
+                    if let Err(err) = self.update(&new.auth).await {
+                        tracing::error!(error = %err, "reloaded [auth] unusable; keeping the current credentials");
                     }
                     warned_on = None;
                     fingerprint = self.credential_fingerprint();
@@ -311,31 +376,34 @@ impl TokenProvider {
                     if now != fingerprint {
                         fingerprint = now;
                         tracing::info!("a credential file changed; the next token request uses it");
-                        self.invalidate().await;
+                        self.cache.invalidate_all();
                     }
                 }
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|err| err.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Profile>> {
+        self.profiles.lock().unwrap_or_else(|err| err.into_inner())
     }
 
     /// A fingerprint of the credential files' contents (not the content itself), to notice a
     /// rotation: Kubernetes swaps a `..data` symlink, which file-watch events miss.
     pub fn credential_fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
-        let files: Vec<std::path::PathBuf> = match &self.lock().credentials.credential {
-            Credential::Secret { file, .. } => file.iter().cloned().collect(),
-            Credential::Certificate {
-                certificate_file,
-                private_key_file,
-                ..
-            } => vec![certificate_file.clone(), private_key_file.clone()],
-            // Read on every fetch anyway; it rotates while the cached token stays valid.
-            Credential::AssertionFile(_) => Vec::new(),
-        };
+        let mut files: Vec<std::path::PathBuf> = Vec::new();
+        for profile in self.lock().iter() {
+            match &profile.settings.credentials.credential {
+                Credential::Secret { file, .. } => files.extend(file.iter().cloned()),
+                Credential::Certificate {
+                    certificate_file,
+                    private_key_file,
+                    ..
+                } => files.extend([certificate_file.clone(), private_key_file.clone()]),
+                // Read on every fetch anyway; it rotates while the cached token stays valid.
+                Credential::AssertionFile(_) => {}
+            }
+        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for file in files {
             std::fs::read(&file).ok().hash(&mut hasher);
@@ -343,8 +411,17 @@ impl TokenProvider {
         hasher.finish()
     }
 
-    async fn fetch(&self) -> Result<Arc<AccessToken>, TokenError> {
-        let settings = self.lock().clone();
+    async fn fetch(&self, key: String) -> Result<Arc<AccessToken>, TokenError> {
+        // A profile removed by a reload falls back to the default.
+        let settings = {
+            let profiles = self.lock();
+            profiles
+                .iter()
+                .find(|p| p.key == key)
+                .or(profiles.first())
+                .map(|p| p.settings.clone())
+                .expect("the default profile always exists")
+        };
         (|| self.fetch_once(&settings))
             .retry(self.backoff)
             .when(TokenError::is_retryable)
@@ -536,7 +613,7 @@ mod tests {
             "https://graph.microsoft.com/.default".into(),
         );
         assert_eq!(
-            provider.lock().token_url.as_str(),
+            provider.lock()[0].settings.token_url.as_str(),
             "http://127.0.0.1:9/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
     }
