@@ -758,3 +758,74 @@ async fn profiles_are_chosen_by_sender_and_cache_their_own_tokens() {
     let logs = relay.kill();
     assert!(!logs.contains(SALES_SECRET), "{logs}");
 }
+
+/// `YYYY-MM-DD` of the day `days` after today (UTC), Howard Hinnant's civil_from_days.
+fn date_in(days: u64) -> String {
+    let z = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+        + days) as i64
+        + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// SIGHUP applies a corrected `[auth]` without a restart; a secret expiring within 30 days is
+/// warned about.
+#[tokio::test]
+async fn sighup_applies_a_corrected_auth_section() {
+    let emulator = start(config_with(|_| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("graph-relay.toml");
+    let write = |client_id: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[auth]\nclient_id = \"{client_id}\"\nclient_secret_expires = \"{}\"\n",
+                date_in(10)
+            ),
+        )
+        .unwrap();
+    };
+    write("cccccccc-0000-1111-2222-000000000000");
+    let env = env_with(&emulator, dir.path(), &[], &["GRAPH_RELAY_AUTH__CLIENT_ID"]);
+    let config = file.to_str().unwrap();
+    let relay = Relay::start(&["--config", config, "serve"], &env);
+    send_simple(relay.smtp, "while the client id is wrong").await;
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .rejected()
+            .iter()
+            .any(|r| r.code == "AADSTS700016"))
+        .await,
+        "{}",
+        relay.logs()
+    );
+    assert!(
+        relay.logs().contains("client secret expires soon"),
+        "{}",
+        relay.logs()
+    );
+
+    write(CLIENT_ID);
+    relay.signal("HUP");
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(15)).await,
+        "{}",
+        relay.logs()
+    );
+    assert!(
+        relay.logs().contains("authentication settings changed"),
+        "{}",
+        relay.logs()
+    );
+}
