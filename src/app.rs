@@ -74,17 +74,15 @@ pub async fn run(
     reload: Reload,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    // The token provider follows reloads and credential file changes (started below).
+    let mut followed_tokens = None;
     let outbound = match &mode {
         Mode::Graph => {
-            let credentials = config.auth.credentials()?;
             let http = http_client(&config.graph).map_err(AppError::HttpClient)?;
+            let tokens = TokenProvider::from_config(http.clone(), &config.auth)?;
+            followed_tokens = Some(tokens.clone());
             Outbound::Graph {
-                tokens: Box::new(TokenProvider::new(
-                    http.clone(),
-                    &config.auth.authority_host,
-                    credentials,
-                    config.auth.scope.clone(),
-                )),
+                tokens: Box::new(tokens),
                 client: GraphClient::new(http, config.graph.endpoint.clone()),
             }
         }
@@ -154,6 +152,13 @@ pub async fn run(
         spool,
         queue,
     });
+    if let Some(tokens) = followed_tokens {
+        let queue = ctx.queue.clone();
+        let credentials_changed = move || {
+            queue.command(crate::queue::scheduler::Command::CredentialsChanged);
+        };
+        tasks.spawn(tokens.follow(ctx.config.clone(), stop.clone(), credentials_changed));
+    }
     tasks.spawn(reload_on_sighup(reload, config_tx, stop.clone()));
     tasks.spawn(scheduler.run(recovered.entries, stop.clone(), tasks.clone()));
     tasks.spawn(Listener::new(listener, ctx).run(stop.clone(), tasks.clone()));
@@ -265,14 +270,14 @@ async fn reload_on_sighup(
     }
 }
 
-/// Sections whose values are read once at start (everything but `[smtp]` so far).
+/// Sections whose values are read once at start (everything but `[smtp]` and `[auth]` so far).
 fn sections_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let section = |config: &Config, name: &str| {
         serde_json::to_value(config)
             .map(|value| value[name].clone())
             .ok()
     };
-    let mut changed: Vec<&'static str> = ["http", "auth", "graph", "queue"]
+    let mut changed: Vec<&'static str> = ["http", "graph", "queue"]
         .into_iter()
         .filter(|name| section(old, name) != section(new, name))
         .collect();

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `health`, `sendmail` (also when the binary is invoked
+//! The command line: `serve`, `check-config`, `test-auth`, `test-mail`, `queue`, `health`, `sendmail` (also when the binary is invoked
 //! as `sendmail`), their flags and exit codes.
 
 use std::collections::HashMap;
@@ -41,6 +41,19 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         command: crate::queue::cli::QueueCommand,
+    },
+    /// Get a token with the configured credentials and report tenant, app, expiry and roles.
+    /// Exit 0 ok, 2 token refused, 3 no Mail.Send role, 78 configuration error.
+    TestAuth,
+    /// Send one real test message through Graph and report the result.
+    /// Exit 0 sent, 2 token refused, 4 Graph refused, 78 configuration error.
+    TestMail {
+        /// Recipient address.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+        /// Mailbox to send as.
+        #[arg(long, value_name = "MAILBOX")]
+        from: String,
     },
     /// Ask the running relay whether it is alive (exit 0) or, with --ready, ready for mail.
     Health {
@@ -112,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig => {
             let config = load(cli.config.as_deref(), &env)?;
-            config.auth.credentials()?;
+            config.auth.all_credentials()?;
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
@@ -135,8 +148,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::queue::cli::run(&config, command)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::TestAuth => admin_check(cli.config.as_deref(), &env, |config| async move {
+            crate::admin::test_auth(&config).await
+        }),
+        Command::TestMail { ref to, ref from } => {
+            admin_check(cli.config.as_deref(), &env, |config| async move {
+                crate::admin::test_mail(&config, from, to).await
+            })
+        }
         Command::Sendmail { .. } => unreachable!("handled before clap's error path"),
     }
+}
+
+/// Runs `test-auth` or `test-mail`: the report on stdout, its exit status.
+fn admin_check<F, Fut>(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    check: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<crate::admin::Report>>,
+{
+    let config = load(file, env)?;
+    telemetry::init_logging(config.log.format);
+    let report = tokio::runtime::Runtime::new()?.block_on(check(config))?;
+    print!("{}", report.text);
+    Ok(ExitCode::from(report.exit))
 }
 
 fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {

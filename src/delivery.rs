@@ -8,13 +8,10 @@ use crate::convert::{self, Converted};
 use crate::graph::client::GraphError;
 use crate::graph::client::{GraphClient, send_mail_url};
 use crate::graph::dry_run::DryRunWriter;
-use crate::graph::token::{TokenError, TokenProvider};
+use crate::graph::token::{DEFAULT_PROFILE, TokenError, TokenProvider};
 use crate::queue::retry::{Class, Failure, classify};
 use crate::queue::scheduler::{Attempt, Lane};
 use crate::queue::{EntryMeta, Spool};
-
-/// The authentication profile every mailbox is sent through (one set of `[auth]` credentials).
-pub const DEFAULT_PROFILE: &str = "default";
 
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +134,11 @@ impl Attempt for Delivery {
         })
         .await
         .unwrap_or_default();
-        Lane::new(DEFAULT_PROFILE, &sender)
+        let profile = match &self.outbound {
+            Outbound::Graph { tokens, .. } => tokens.profile_for(&sender),
+            Outbound::DryRun(_) => DEFAULT_PROFILE.to_string(),
+        };
+        Lane::new(&profile, &sender)
     }
 
     async fn attempt(&self, meta: &EntryMeta) -> Outcome {
@@ -154,7 +155,7 @@ async fn send(
 ) -> Outcome {
     let mut tries = 0;
     loop {
-        let token = match tokens.token().await {
+        let token = match tokens.token_for(sender).await {
             Ok(token) => token,
             Err(err) => {
                 let failure = match &err {
@@ -166,10 +167,12 @@ async fn send(
                     TokenError::Unreachable { .. } => Failure::Unreachable {
                         outcome_unknown: false,
                     },
-                    TokenError::InvalidResponse { .. } => Failure::Token {
-                        error: "",
-                        retryable: err.is_retryable(),
-                    },
+                    TokenError::InvalidResponse { .. } | TokenError::Credential { .. } => {
+                        Failure::Token {
+                            error: "",
+                            retryable: err.is_retryable(),
+                        }
+                    }
                 };
                 // Messages stay queued while the credentials are fixed or Entra recovers.
                 return Outcome::failure(failure, tries, None, err.to_string());
@@ -204,7 +207,7 @@ async fn send(
                         ..
                     }
                 ) {
-                    tokens.invalidate().await;
+                    tokens.invalidate_for(sender).await;
                     tries += 1;
                     continue;
                 }

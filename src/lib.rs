@@ -5,6 +5,7 @@
 //! with a cached app-only token ([`graph`]). [`app`] wires the stages together; [`config`] and
 //! [`cli`] sit in front of everything.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -47,6 +47,22 @@ pub struct App {
     /// Mailboxes granted by Exchange "RBAC for Applications": sending works there even
     /// when the token carries no `Mail.Send` role (microsoft-graph.md §6).
     pub rbac_mailboxes: Vec<String>,
+    /// PEM certificates uploaded to the app (Certificates & secrets): a client assertion signed
+    /// by one of their keys, naming it by `x5t` or `x5t#S256`, authenticates.
+    pub certificates: Vec<String>,
+    /// Federated credentials: assertions minted by another identity provider.
+    pub federated: Vec<FederatedCredential>,
+}
+
+/// A federated identity credential: tokens from `issuer` about `subject` authenticate the app.
+#[derive(Clone, Debug)]
+pub struct FederatedCredential {
+    /// `iss` of the external token, e.g. a Kubernetes cluster's OIDC issuer URL.
+    pub issuer: String,
+    /// `sub` of the external token, e.g. `system:serviceaccount:mail:graph-relay`.
+    pub subject: String,
+    /// PEM certificate whose key signs the issuer's tokens (stands in for the issuer's JWKS).
+    pub signing_certificate: String,
 }
 
 /// A client secret value.
@@ -92,6 +108,8 @@ impl EmulatorConfig {
                     }],
                     roles: vec!["Mail.Send".to_owned()],
                     rbac_mailboxes: Vec::new(),
+                    certificates: Vec::new(),
+                    federated: Vec::new(),
                 }],
             }],
             ..Self::default()

@@ -252,10 +252,26 @@ fn issue(
             )
         })?;
 
+    let assertion = match field("client_assertion") {
+        Some(jwt) => {
+            if field("client_assertion_type").as_deref() != Some(ASSERTION_TYPE) {
+                return Err(missing("client_assertion_type"));
+            }
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            Some(Assertion {
+                jwt,
+                audiences: token_urls(tenant, host),
+            })
+        }
+        None => None,
+    };
     authenticate(
         app,
         field("client_secret").or_else(|| basic.map(|(_, s)| s)),
-        field("client_assertion"),
+        assertion,
     )?;
     check_scope(&scope, &config.graph_resource)?;
 
@@ -304,21 +320,41 @@ fn issue(
     }))
 }
 
-/// Checks the client secret. `invalid_client` is 401 as observed in issue threads (§1).
+/// `client_assertion_type` of a JWT client assertion (RFC 7523).
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Audience of federated tokens exchanged with Entra (workload identity federation).
+const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Clock skew tolerated on `nbf` and `exp` of an assertion.
+const ASSERTION_SKEW_S: u64 = 300;
+
+/// A client assertion and the audiences it may name: this endpoint's token URL, by tenant id or
+/// any of the tenant's domains.
+struct Assertion {
+    jwt: String,
+    audiences: Vec<String>,
+}
+
+fn token_urls(tenant: &Tenant, host: &str) -> Vec<String> {
+    std::iter::once(&tenant.id)
+        .chain(&tenant.domains)
+        .flat_map(|name| {
+            ["http", "https"].map(|scheme| format!("{scheme}://{host}/{name}/oauth2/v2.0/token"))
+        })
+        .collect()
+}
+
+/// Checks the client secret or assertion. `invalid_client` is 401 as observed in issue
+/// threads (§1).
 fn authenticate(
     app: &App,
     secret: Option<String>,
-    assertion: Option<String>,
+    assertion: Option<Assertion>,
 ) -> Result<(), EntraError> {
     let unauthorized =
         |aadsts, text: String| fail(StatusCode::UNAUTHORIZED, "invalid_client", aadsts, text);
     let Some(secret) = secret else {
-        if assertion.is_some() {
-            // Certificate credentials are not emulated: every assertion fails validation.
-            return Err(unauthorized(
-                700_027,
-                "Client assertion failed signature validation. (graph-relay emulator: certificate credentials are not emulated)".to_owned(),
-            ));
+        if let Some(assertion) = assertion {
+            return verify_assertion(app, &assertion);
         }
         // Status UNCONFIRMED; 401 like the other `invalid_client` failures.
         return Err(unauthorized(
@@ -342,6 +378,125 @@ fn authenticate(
             ),
         )),
         Some(_) => Ok(()),
+    }
+}
+
+/// The DER bytes of the first PEM `CERTIFICATE` block.
+fn certificate_der(pem: &str) -> Option<Vec<u8>> {
+    let (_, rest) = pem.split_once("-----BEGIN CERTIFICATE-----")?;
+    let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    STANDARD.decode(b64).ok()
+}
+
+/// Verifies a client assertion (E2): an app certificate's assertion names its certificate by
+/// thumbprint (`x5t` = SHA-1 with RS256, `x5t#S256` = SHA-256 with PS256; both accepted with
+/// either algorithm), is signed by its key, has `iss` = `sub` = client id and `aud` = the token
+/// URL; a federated one comes from a registered issuer and subject. `nbf`/`exp` are checked with
+/// five minutes of skew. AADSTS codes: 700027 signature/key, 700024 time range (§1); 700021
+/// for claims naming another client and 700212 for a wrong audience are UNCONFIRMED.
+fn verify_assertion(app: &App, assertion: &Assertion) -> Result<(), EntraError> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use sha1::Digest;
+    let unauthorized =
+        |aadsts, text: String| fail(StatusCode::UNAUTHORIZED, "invalid_client", aadsts, text);
+    let malformed = || {
+        unauthorized(
+            700_027,
+            "Client assertion failed signature validation. [Reason - the assertion is not a signed JWT.]".to_owned(),
+        )
+    };
+    let header = jsonwebtoken::decode_header(&assertion.jwt).map_err(|_| malformed())?;
+    if !matches!(header.alg, Algorithm::RS256 | Algorithm::PS256) {
+        return Err(malformed());
+    }
+    let unverified: Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(&assertion.jwt).map_err(|_| malformed())?;
+    let claim = |name: &str| unverified[name].as_str().unwrap_or_default().to_owned();
+    let (iss, sub) = (claim("iss"), claim("sub"));
+
+    let (certificate, audiences) = if iss.eq_ignore_ascii_case(&app.client_id) {
+        let x5t = |digest: &[u8]| URL_SAFE_NO_PAD.encode(digest);
+        let wanted_sha256 = header.x5t_s256.clone();
+        let wanted_sha1 = header.x5t.clone();
+        let certificate = app.certificates.iter().find(|pem| {
+            certificate_der(pem).is_some_and(|der| {
+                wanted_sha256.as_deref() == Some(x5t(&sha2::Sha256::digest(&der)).as_str())
+                    || wanted_sha1.as_deref() == Some(x5t(&sha1::Sha1::digest(&der)).as_str())
+            })
+        });
+        let Some(certificate) = certificate else {
+            return Err(unauthorized(
+                700_027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{}']",
+                    wanted_sha256.or(wanted_sha1).unwrap_or_default()
+                ),
+            ));
+        };
+        if !sub.eq_ignore_ascii_case(&app.client_id) {
+            return Err(unauthorized(
+                700_021,
+                "Client assertion application identifier doesn't match 'client_id' parameter."
+                    .to_owned(),
+            ));
+        }
+        (certificate.as_str(), assertion.audiences.clone())
+    } else {
+        let federated = app
+            .federated
+            .iter()
+            .find(|f| f.issuer == iss && f.subject == sub)
+            .ok_or_else(|| {
+                // AADSTS70021 is Entra's "No matching federated identity record found" (E3).
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    70_021,
+                    format!("No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'."),
+                )
+            })?;
+        (
+            federated.signing_certificate.as_str(),
+            vec![FEDERATED_AUDIENCE.to_owned()],
+        )
+    };
+
+    let key = DecodingKey::from_rsa_pem(certificate.as_bytes()).map_err(|_| malformed())?;
+    let mut validation = Validation::new(header.alg);
+    // Claims are checked below, each with its own AADSTS code.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(&assertion.jwt, &key, &validation).map_err(|_| {
+        unauthorized(
+            700_027,
+            "Client assertion contains an invalid signature. [Reason - The provided signature value did not match the expected signature value.]".to_owned(),
+        )
+    })?;
+    let aud = claim("aud");
+    if !audiences.iter().any(|a| a.eq_ignore_ascii_case(&aud)) {
+        return Err(unauthorized(
+            700_212,
+            format!(
+                "The audience '{aud}' of the client assertion is not valid; expected one of: {}.",
+                audiences.join(", ")
+            ),
+        ));
+    }
+    let now = unix_now();
+    let time = |name: &str| unverified[name].as_u64();
+    let (nbf, exp) = (time("nbf").unwrap_or(0), time("exp"));
+    match exp {
+        Some(exp) if nbf <= now + ASSERTION_SKEW_S && exp + ASSERTION_SKEW_S > now => Ok(()),
+        _ => Err(unauthorized(
+            700_024,
+            format!(
+                "Client assertion is not within its valid time range. Current time: {now}, assertion valid from {nbf}, expiry time of assertion {}.",
+                exp.map_or_else(|| "(none)".to_owned(), |e| e.to_string())
+            ),
+        )),
     }
 }
 

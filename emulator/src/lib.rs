@@ -36,7 +36,7 @@ use axum::routing::post;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{App, EmulatorConfig, Secret, Tenant};
+pub use config::{App, EmulatorConfig, FederatedCredential, Secret, Tenant};
 pub use state::{AcceptedMail, Fault, FaultTarget, MailContent, Rejection, Stats};
 
 use state::Shared;

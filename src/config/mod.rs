@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use auth::{AuthConfig, ClientCredentials};
+pub use auth::{
+    AssertionAlgorithm, AuthConfig, ClientCredentials, Cloud, Credential, ProfileConfig,
+    read_secret_file, select_profile,
+};
 pub use graph::GraphConfig;
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
@@ -52,6 +55,19 @@ impl ConfigError {
         Self {
             key: key.into(),
             problem: problem.into(),
+        }
+    }
+
+    /// The same problem, found in profile `name`: `auth.x` becomes `auth.profiles.NAME.x`.
+    pub fn within_profile(self, name: &str) -> Self {
+        let prefixed = |text: &str| text.replace("auth.", &format!("auth.profiles.{name}."));
+        Self {
+            key: if self.key == "auth" {
+                format!("auth.profiles.{name}")
+            } else {
+                prefixed(&self.key)
+            },
+            problem: prefixed(&self.problem),
         }
     }
 }
@@ -118,15 +134,13 @@ impl Config {
             },
         };
         self.queue.dir = Some(absolute("queue.dir", &dir)?);
-        if let Some(file) = &self.auth.client_secret_file {
-            self.auth.client_secret_file = Some(absolute("auth.client_secret_file", file)?);
-        }
-        self.auth.load_secret_file()
+        self.graph.resolve(sources.env)?;
+        self.auth.resolve(&mut self.graph.endpoint)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.smtp.validate()?;
-        self.auth.validate()?;
+        self.auth.validate(&self.graph.endpoint)?;
         self.graph.validate()?;
         self.queue.validate()
     }

@@ -25,13 +25,31 @@ fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
     })
 }
 
+/// A PEM file holding one self-signed certificate, for `graph.ca_file`.
+fn test_ca_file(dir: &Path) -> PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["test-ca".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path
+}
+
 /// `section.key` for every key the file documents (commented out or set).
 fn documented_keys() -> BTreeSet<String> {
     let mut section = String::new();
     let mut keys = BTreeSet::new();
     for line in DOCUMENTED.lines() {
         let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        // `[auth.profiles.NAME]` is documented commented out, like its keys.
+        let header = line.strip_prefix("#[auth.profiles.").map(|_| &line[1..]);
+        if let Some(name) = header
+            .unwrap_or(line)
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+        {
             section = name.to_string();
         } else if let Some((key, _)) = line.trim_start_matches('#').split_once(" = ")
             && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
@@ -48,7 +66,15 @@ fn code_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for (section, fields) in value.as_object().unwrap() {
         for key in fields.as_object().unwrap().keys() {
-            keys.insert(format!("{section}.{key}"));
+            if key == "profiles" {
+                // A named table: its keys are documented once, under `NAME`.
+                let profile = serde_json::to_value(ProfileConfig::default()).unwrap();
+                for field in profile.as_object().unwrap().keys() {
+                    keys.insert(format!("{section}.profiles.NAME.{field}"));
+                }
+            } else {
+                keys.insert(format!("{section}.{key}"));
+            }
         }
     }
     keys
@@ -64,7 +90,12 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
     let uncommented: String = DOCUMENTED
         .lines()
         .map(|line| match line.strip_prefix('#') {
-            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            Some(rest)
+                if (rest.contains(" = ") || rest.starts_with("[auth.profiles."))
+                    && !rest.starts_with(' ') =>
+            {
+                rest
+            }
             _ => line,
         })
         .collect::<Vec<_>>()
@@ -77,10 +108,18 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
         &path,
         uncommented
             .replace("#client_secret = \"\"", "")
+            // One credential at a time: the secret file stays, the certificate and assertion go.
+            .replace("\ncertificate_file", "\n#certificate_file")
+            .replace("\nprivate_key_file", "\n#private_key_file")
+            .replace("\nclient_assertion_file", "\n#client_assertion_file")
             .replace("client_secret = \"\"", "")
             .replace(
                 "/etc/graph-relay/client-secret",
                 secret_file.to_str().unwrap(),
+            )
+            .replace(
+                "/etc/graph-relay/proxy-ca.pem",
+                test_ca_file(dir.path()).to_str().unwrap(),
             ),
     )
     .unwrap();
@@ -91,13 +130,11 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
     })
     .unwrap();
     assert_eq!(
-        config
-            .auth
-            .credentials()
-            .unwrap()
-            .client_secret
-            .expose_secret(),
-        "from-file"
+        config.auth.credentials().unwrap().credential,
+        Credential::Secret {
+            value: "from-file".into(),
+            file: Some(secret_file),
+        }
     );
 }
 
@@ -107,6 +144,8 @@ fn every_documented_key_can_be_set_from_the_environment() {
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "s3cret-from-file\n").unwrap();
     let secret_path = secret_file.to_str().unwrap();
+    let ca_file = test_ca_file(dir.path());
+    let ca_path = ca_file.to_str().unwrap();
     type Check = fn(&Config) -> bool;
     // (key, environment value, what the loaded configuration must then hold)
     let table: Vec<(&str, &str, Check)> = vec![
@@ -147,6 +186,69 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("auth.scope", "https://graph.microsoft.us/.default", |c| {
             c.auth.scope == "https://graph.microsoft.us/.default"
         }),
+        ("auth.client_secret_expires", "2027-01-31", |c| {
+            c.auth.client_secret_expires.as_deref() == Some("2027-01-31")
+        }),
+        ("auth.certificate_file", "/etc/graph-relay/cert.pem", |c| {
+            c.auth.certificate_file.as_deref() == Some(Path::new("/etc/graph-relay/cert.pem"))
+        }),
+        ("auth.private_key_file", "/etc/graph-relay/key.pem", |c| {
+            c.auth.private_key_file.as_deref() == Some(Path::new("/etc/graph-relay/key.pem"))
+        }),
+        ("auth.assertion_algorithm", "RS256", |c| {
+            c.auth.assertion_algorithm == AssertionAlgorithm::RS256
+        }),
+        ("auth.client_assertion_file", "/var/run/token", |c| {
+            c.auth.client_assertion_file.as_deref() == Some(Path::new("/var/run/token"))
+        }),
+        // With a loopback graph.endpoint below, usgov fills in what is left at its default.
+        ("auth.cloud", "usgov", |c| c.auth.cloud == Cloud::Usgov),
+        ("auth.rbac_only", "true", |c| c.auth.rbac_only),
+        ("auth.profiles.NAME.senders", "fabrikam.com", |c| {
+            c.auth.profiles["sales"].senders == "fabrikam.com"
+        }),
+        (
+            "auth.profiles.NAME.tenant_id",
+            "fabrikam.onmicrosoft.com",
+            |c| c.auth.profiles["sales"].tenant_id.as_deref() == Some("fabrikam.onmicrosoft.com"),
+        ),
+        ("auth.profiles.NAME.client_id", "sales-app", |c| {
+            c.auth.profiles["sales"].client_id.as_deref() == Some("sales-app")
+        }),
+        ("auth.profiles.NAME.client_secret", "", |_| true), // exclusive with the file
+        ("auth.profiles.NAME.client_secret_file", secret_path, |c| {
+            c.auth.profiles["sales"]
+                .client_secret
+                .as_ref()
+                .is_some_and(|s| s.expose_secret() == "s3cret-from-file")
+        }),
+        (
+            "auth.profiles.NAME.certificate_file",
+            "/etc/sales.pem",
+            |c| {
+                c.auth.profiles["sales"].certificate_file.as_deref()
+                    == Some(Path::new("/etc/sales.pem"))
+            },
+        ),
+        (
+            "auth.profiles.NAME.private_key_file",
+            "/etc/sales.key",
+            |c| {
+                c.auth.profiles["sales"].private_key_file.as_deref()
+                    == Some(Path::new("/etc/sales.key"))
+            },
+        ),
+        ("auth.profiles.NAME.assertion_algorithm", "RS256", |c| {
+            c.auth.profiles["sales"].assertion_algorithm == AssertionAlgorithm::RS256
+        }),
+        (
+            "auth.profiles.NAME.client_assertion_file",
+            "/var/run/sales-token",
+            |c| {
+                c.auth.profiles["sales"].client_assertion_file.as_deref()
+                    == Some(Path::new("/var/run/sales-token"))
+            },
+        ),
         ("graph.endpoint", "http://[::1]:8080/v1.0", |c| {
             c.graph.endpoint.as_str() == "http://[::1]:8080/v1.0"
         }),
@@ -156,6 +258,10 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("graph.request_timeout", "1m", |c| {
             c.graph.request_timeout == Duration::from_secs(60)
         }),
+        ("graph.proxy", "http://proxy.example:3128", |c| {
+            c.graph.proxy.as_ref().map(url::Url::as_str) == Some("http://proxy.example:3128/")
+        }),
+        ("graph.ca_file", ca_path, |c| c.graph.ca_pem.is_some()),
         ("queue.dir", "/tmp/graph-relay-test-spool", |c| {
             c.queue.dir() == Path::new("/tmp/graph-relay-test-spool")
         }),
@@ -192,15 +298,12 @@ fn every_documented_key_can_be_set_from_the_environment() {
 
     let vars: Vec<(String, String)> = table
         .iter()
-        .filter(|(key, ..)| *key != "auth.client_secret")
+        .filter(|(key, ..)| !key.ends_with(".client_secret"))
         .map(|(key, value, _)| {
-            let (section, name) = key.split_once('.').unwrap();
+            // Named tables: `auth.profiles.NAME.x` is GRAPH_RELAY_AUTH__PROFILES__SALES__X.
+            let path = key.replace("NAME", "sales").replace('.', "__");
             (
-                format!(
-                    "GRAPH_RELAY_{}__{}",
-                    section.to_uppercase(),
-                    name.to_uppercase()
-                ),
+                format!("GRAPH_RELAY_{}", path.to_uppercase()),
                 value.to_string(),
             )
         })
@@ -294,6 +397,57 @@ fn bad_values_name_their_key() {
         ),
         (&[("GRAPH_RELAY_AUTH__TENANT_ID", "a b")], "auth.tenant_id"),
         (
+            &[("GRAPH_RELAY_AUTH__TENANT_ID", "Organizations")],
+            "auth.tenant_id",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__CLIENT_SECRET_EXPIRES", "31.01.2027")],
+            "auth.client_secret_expires",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__CERTIFICATE_FILE", "/etc/cert.pem")],
+            "auth.private_key_file",
+        ),
+        (
+            &[("GRAPH_RELAY_AUTH__ASSERTION_ALGORITHM", "HS256")],
+            "assertion_algorithm",
+        ),
+        (&[("GRAPH_RELAY_AUTH__CLOUD", "mars")], "cloud"),
+        (
+            &[("GRAPH_RELAY_AUTH__PROFILES__SALES__TENANT_ID", "t.example")],
+            "auth.profiles.sales.senders",
+        ),
+        (
+            &[
+                ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+                ("GRAPH_RELAY_AUTH__PROFILES__SALES__TENANT_ID", "common"),
+            ],
+            "auth.profiles.sales.tenant_id",
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__PROXY", "socks5://127.0.0.1:1080")],
+            "graph.proxy",
+        ),
+        (&[("HTTPS_PROXY", "not a url")], "graph.proxy"),
+        (
+            &[("GRAPH_RELAY_GRAPH__CA_FILE", "/nonexistent/ca.pem")],
+            "graph.ca_file",
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__CA_FILE", "Cargo.toml")],
+            "graph.ca_file",
+        ),
+        (
+            &[
+                ("GRAPH_RELAY_AUTH__CLOUD", "usgov"),
+                (
+                    "GRAPH_RELAY_GRAPH__ENDPOINT",
+                    "https://dod-graph.microsoft.us/v1.0",
+                ),
+            ],
+            "graph.endpoint",
+        ),
+        (
             &[(
                 "GRAPH_RELAY_AUTH__CLIENT_SECRET_FILE",
                 "/nonexistent/secret",
@@ -336,6 +490,96 @@ fn missing_credentials_are_named() {
         "{text}"
     );
     assert!(!text.contains("auth.client_id,"), "{text}");
+}
+
+#[test]
+fn proxy_comes_from_https_proxy_and_its_password_is_not_printed() {
+    let config = load(&[("HTTPS_PROXY", "http://user:pa55word@proxy.example:3128")]).unwrap();
+    assert_eq!(
+        config.graph.proxy.as_ref().map(url::Url::host_str),
+        Some(Some("proxy.example"))
+    );
+    let printed = config.to_redacted_toml();
+    assert!(!printed.contains("pa55word"), "{printed}");
+    let config = load(&[
+        ("HTTPS_PROXY", "http://ignored.example:1"),
+        ("GRAPH_RELAY_GRAPH__PROXY", "http://proxy.example:3128"),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.graph.proxy.unwrap().host_str(),
+        Some("proxy.example")
+    );
+}
+
+#[test]
+fn each_profile_needs_its_own_complete_credentials() {
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__TENANT_ID", "t.example"),
+        ("GRAPH_RELAY_AUTH__CLIENT_ID", "c"),
+        ("GRAPH_RELAY_AUTH__CLIENT_SECRET", "s"),
+        ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+        ("GRAPH_RELAY_AUTH__PROFILES__SALES__CLIENT_ID", "sales-app"),
+    ])
+    .unwrap();
+    let text = config.auth.all_credentials().unwrap_err().to_string();
+    assert!(
+        text.starts_with("auth.profiles.sales: missing auth.profiles.sales.tenant_id"),
+        "{text}"
+    );
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__PROFILES__SALES__SENDERS", "fabrikam.com"),
+        (
+            "GRAPH_RELAY_AUTH__PROFILES__SALES__CLIENT_SECRET",
+            "Sales~very-secret",
+        ),
+    ])
+    .unwrap();
+    let printed = config.to_redacted_toml();
+    assert!(!printed.contains("Sales~very-secret"), "{printed}");
+    assert!(!format!("{config:?}").contains("Sales~very-secret"));
+}
+
+#[test]
+fn one_credential_at_a_time() {
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__TENANT_ID", "t.example"),
+        ("GRAPH_RELAY_AUTH__CLIENT_ID", "c"),
+        ("GRAPH_RELAY_AUTH__CLIENT_SECRET", "s"),
+        ("GRAPH_RELAY_AUTH__CLIENT_ASSERTION_FILE", "/var/run/token"),
+    ])
+    .unwrap();
+    let text = config.auth.credentials().unwrap_err().to_string();
+    assert!(text.contains("set one credential"), "{text}");
+}
+
+#[test]
+fn the_cloud_fills_in_the_defaults_and_keeps_what_is_set() {
+    let config = load(&[("GRAPH_RELAY_AUTH__CLOUD", "china")]).unwrap();
+    assert_eq!(
+        config.auth.authority_host.as_str(),
+        "https://login.partner.microsoftonline.cn/"
+    );
+    assert_eq!(
+        config.auth.scope,
+        "https://microsoftgraph.chinacloudapi.cn/.default"
+    );
+    assert_eq!(
+        config.graph.endpoint.as_str(),
+        "https://microsoftgraph.chinacloudapi.cn/v1.0"
+    );
+    let config = load(&[
+        ("GRAPH_RELAY_AUTH__CLOUD", "china"),
+        (
+            "GRAPH_RELAY_AUTH__AUTHORITY_HOST",
+            "https://login.chinacloudapi.cn",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.auth.authority_host.as_str(),
+        "https://login.chinacloudapi.cn/"
+    );
 }
 
 #[test]

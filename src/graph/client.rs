@@ -14,12 +14,23 @@ use crate::config::GraphConfig;
 /// # Errors
 /// The TLS backend could not be initialised.
 pub fn http_client(config: &GraphConfig) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("graph-relay/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
-        .build()
+        // Only graph.proxy (which defaults to $HTTPS_PROXY) applies, never for loopback.
+        .no_proxy();
+    if let Some(proxy) = &config.proxy {
+        builder = builder.proxy(
+            reqwest::Proxy::all(proxy.as_str())?
+                .no_proxy(reqwest::NoProxy::from_string("localhost,127.0.0.0/8,::1")),
+        );
+    }
+    if let Some(pem) = &config.ca_pem {
+        builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
+    }
+    builder.build()
 }
 
 /// The sendMail URL of a mailbox: the address is one percent-encoded path segment.
@@ -147,6 +158,15 @@ impl GraphClient {
                 client_request_id,
             });
         }
+        // What Microsoft support asks for about a refused request.
+        tracing::info!(
+            status,
+            client_request_id,
+            request_id = request_id.as_deref().unwrap_or_default(),
+            date = header_text(&headers, "date").unwrap_or_default(),
+            x_ms_ags_diagnostic = header_text(&headers, "x-ms-ags-diagnostic").unwrap_or_default(),
+            "Graph refused the request"
+        );
         let body = response.bytes().await.unwrap_or_default();
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(parsed) => (parsed.error.code, parsed.error.message),

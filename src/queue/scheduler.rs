@@ -110,6 +110,9 @@ pub enum Command {
     RetryNow(Option<QueueId>, oneshot::Sender<usize>),
     /// Removes an entry that is not in flight; answers whether it was found.
     Delete(QueueId, oneshot::Sender<Result<bool, DeleteError>>),
+    /// The credentials changed (reload or rotated file): mailboxes and profiles held back by a
+    /// configuration fault send one probe now instead of at the next `queue.fault_retry`.
+    CredentialsChanged,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +357,20 @@ impl<A: Attempt> Scheduler<A> {
                 let found = waiting.make_due(id, now, |lane| lanes.lift(lane)) + lanes.lift_for(id);
                 let _ = reply.send(found);
             }
+            Command::CredentialsChanged => {
+                let faulted: Vec<QueueId> = waiting
+                    .entries
+                    .iter()
+                    .filter(|(_, (_, lane))| {
+                        lane.as_ref().is_some_and(|lane| lanes.is_faulted(lane))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in faulted {
+                    waiting.make_due(Some(id), now, |lane| lanes.lift(lane));
+                }
+                lanes.lift_faults();
+            }
             Command::Delete(id, reply) => {
                 let result = if held.in_flight.contains_key(&id) || held.resolving.contains_key(&id)
                 {
@@ -580,6 +597,24 @@ impl Lanes {
                 }
                 newly
             }
+        }
+    }
+
+    /// Whether `lane` is held back by a configuration fault (of its own or of its profile).
+    fn is_faulted(&self, lane: &Lane) -> bool {
+        self.lanes.get(lane).is_some_and(|state| state.probing)
+            || self
+                .profile_pauses
+                .get(&lane.profile)
+                .is_some_and(|pause| pause.probe)
+    }
+
+    /// Lifts every configuration-fault pause; the lanes stay probing (one request at a time)
+    /// until a delivery succeeds. Throttling pauses (Retry-After) stay.
+    fn lift_faults(&mut self) {
+        self.profile_pauses.retain(|_, pause| !pause.probe);
+        for state in self.lanes.values_mut().filter(|state| state.probing) {
+            state.paused_until = 0;
         }
     }
 

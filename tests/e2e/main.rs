@@ -1,10 +1,10 @@
 //! End to end: real SMTP clients → the relay binary → the Entra/Graph emulator.
 //! One test binary; each area adds a module beside this file.
 
+mod delivery;
+mod identity;
 mod operations;
 mod support;
-
-mod delivery;
 
 use std::time::Duration;
 
@@ -491,38 +491,6 @@ async fn curl_delivers() {
     )
     .await;
     let _ = std::fs::remove_file(file);
-}
-
-/// Concurrent deliveries share one token request (moka's single flight).
-#[tokio::test]
-async fn concurrent_token_requests_cost_one_fetch() {
-    use graph_relay::config::ClientCredentials;
-    use graph_relay::graph::token::TokenProvider;
-
-    let emulator = emulator().await;
-    let provider = std::sync::Arc::new(TokenProvider::new(
-        reqwest::Client::new(),
-        &emulator.url().parse().unwrap(),
-        ClientCredentials {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT_ID.into(),
-            client_secret: SECRET.to_string().into(),
-        },
-        "https://graph.microsoft.com/.default".into(),
-    ));
-    let waiters: Vec<_> = (0..50)
-        .map(|_| {
-            let provider = provider.clone();
-            tokio::spawn(async move { provider.token().await.map(|t| t.secret().to_string()) })
-        })
-        .collect();
-    let mut tokens = Vec::new();
-    for waiter in waiters {
-        tokens.push(waiter.await.unwrap().unwrap());
-    }
-    tokens.dedup();
-    assert_eq!(tokens.len(), 1, "every caller got the same token");
-    assert_eq!(emulator.token_requests(), 1);
 }
 
 /// A token Graph no longer accepts (401) is dropped, a new one fetched, and the message sent.

@@ -432,6 +432,43 @@ async fn operators_can_retry_now_and_delete() {
     assert_eq!(attempt.attempts("b@contoso.com").len(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn changed_credentials_end_a_configuration_fault_pause_at_once() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer(
+        "a@contoso.com",
+        Outcome::NotDelivered {
+            class: Class::ConfigFault {
+                scope: FaultScope::Profile,
+                fix: "check the client secret",
+            },
+            retry_after: None,
+            reason: "AADSTS7000215".into(),
+        },
+    );
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    // The second message arrives once the fault is known.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.submit("a@contoso.com");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        attempt.attempts("a@contoso.com").len(),
+        1,
+        "held back by the fault"
+    );
+
+    assert!(h.queue.command(Command::CredentialsChanged));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = attempt.attempts("a@contoso.com");
+    assert_eq!(
+        attempts.len(),
+        3,
+        "one probe, then the rest, within a second"
+    );
+    h.drained(Duration::from_secs(5)).await;
+}
+
 /// A counter's value by its metric name.
 fn count(counters: &Counters, name: &str) -> u64 {
     counters
