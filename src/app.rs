@@ -3,12 +3,10 @@
 //! finish within a grace period, and leaves everything else safely in the spool.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +19,10 @@ use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
 use crate::queue::scheduler::Scheduler;
 use crate::queue::{Spool, SpoolError};
-use crate::smtp::{Listener, SessionContext};
+use crate::smtp::auth::Lockout;
+use crate::smtp::limits::{Connections, raise_fd_limit};
+use crate::smtp::listener::bind_all;
+use crate::smtp::{Listener, Security, SessionContext, SmtpError};
 
 /// How long open sessions and in-flight deliveries get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -41,11 +42,8 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("cannot listen on {addr}: {source}; is another process using it? (set smtp.listen)")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Smtp(#[from] SmtpError),
     #[error("cannot create the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
     #[error("cannot use the dry-run directory: {0}")]
@@ -104,30 +102,39 @@ pub async fn run(
         config.queue.retry_max,
     );
 
-    let listen = config.smtp.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let address = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: listen,
-        source,
-    })?;
-    tracing::info!(%address, mode = ?mode, "SMTP listener bound");
+    let security = Security::load(&config.smtp)?;
+    let bound = bind_all(&config.smtp).await?;
+    tracing::info!(open_files = ?raise_fd_limit(), mode = ?mode, "SMTP listeners ready");
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
-    let ctx = Arc::new(SessionContext {
-        config: config_rx,
-        spool,
-        queue,
-    });
     tasks.spawn(reload_on_sighup(reload, config_tx, stop.clone()));
     tasks.spawn(scheduler.run(recovered.entries, stop.clone(), tasks.clone()));
-    tasks.spawn(Listener::new(listener, ctx).run(stop.clone(), tasks.clone()));
+
+    // SMTP listeners: certificate and users reload with the configuration.
+    let (security_tx, security_rx) = watch::channel(Arc::new(security));
+    tasks.spawn(crate::smtp::security::reload_on_change(
+        config_rx.clone(),
+        security_tx,
+        stop.clone(),
+    ));
+    let (lockout, connections) = (
+        Arc::new(Lockout::default()),
+        Arc::new(Connections::default()),
+    );
+    for (name, socket) in bound {
+        let ctx = Arc::new(SessionContext {
+            config: config_rx.clone(),
+            spool: spool.clone(),
+            queue: queue.clone(),
+            listener: name,
+            security: security_rx.clone(),
+            lockout: lockout.clone(),
+        });
+        let listener = Listener::new(socket, ctx, connections.clone());
+        tasks.spawn(listener.run(stop.clone(), tasks.clone()));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing open work");
@@ -197,6 +204,17 @@ fn sections_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         .collect();
     if old.smtp.listen != new.smtp.listen {
         changed.push("smtp.listen");
+    }
+    let addresses = |config: &Config| -> Vec<_> {
+        config
+            .smtp
+            .all_listeners()
+            .into_iter()
+            .map(|(name, l)| (name, l.address, l.mode))
+            .collect()
+    };
+    if addresses(old) != addresses(new) {
+        changed.push("smtp.listeners");
     }
     changed
 }
