@@ -3,6 +3,8 @@
 
 mod support;
 
+mod smtp;
+
 use std::time::Duration;
 
 use base64::Engine;
