@@ -369,3 +369,132 @@ async fn connections_beyond_the_per_client_limit_get_421_and_close() {
     }
     assert!(retry.is_some(), "a freed slot is usable again");
 }
+
+/// A private Postfix instance (its own configuration, queue and log under a temporary
+/// directory, no inet listeners) relaying everything to `relayhost`; stopped when dropped.
+struct Postfix {
+    dir: tempfile::TempDir,
+}
+
+impl Postfix {
+    fn start(relayhost: SocketAddr) -> Result<Postfix, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let d = dir.path().display().to_string();
+        // Postfix's daemons run as user postfix and must reach the queue.
+        let run = |program: &str, args: &[&str]| -> Result<(), String> {
+            let output = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{program} {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        };
+        run("chmod", &["755", &d])?;
+        std::fs::create_dir_all(dir.path().join("queue")).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir.path().join("data")).map_err(|e| e.to_string())?;
+        run("chown", &["postfix", &format!("{d}/data")])?;
+        std::fs::copy("/etc/postfix/master.cf", dir.path().join("master.cf"))
+            .map_err(|e| format!("/etc/postfix/master.cf: {e}"))?;
+        let main = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d}/queue\n\
+             data_directory = {d}/data\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             myhostname = upstream.test\n\
+             mydestination =\n\
+             inet_interfaces = loopback-only\n\
+             inet_protocols = ipv4\n\
+             master_service_disable = inet\n\
+             relayhost = [{}]:{}\n\
+             smtp_tls_security_level = none\n\
+             alias_maps =\n\
+             alias_database =\n\
+             maillog_file = {d}/maillog\n\
+             maillog_file_prefixes = {d}\n",
+            relayhost.ip(),
+            relayhost.port()
+        );
+        std::fs::write(dir.path().join("main.cf"), main).map_err(|e| e.to_string())?;
+        run("/usr/sbin/postfix", &["-c", &d, "start"])?;
+        Ok(Postfix { dir })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Submits a message through Postfix's sendmail, as a local program would.
+    fn sendmail(&self, from: &str, to: &str, message: &str) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("/usr/sbin/sendmail")
+            .args(["-C", &self.dir.path().display().to_string(), "-f", from, to])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(message.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/sbin/postfix")
+            .args(["-c", &self.dir.path().display().to_string(), "stop"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn postfix_as_upstream_relay_delivers_through_graph_relay() {
+    let test = "postfix_as_upstream_relay_delivers_through_graph_relay";
+    if find_tool("postfix").is_none() || find_tool("sendmail").is_none() {
+        println!("SKIPPED: {test} needs postfix");
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        println!("SKIPPED: {test} needs root (to run a private Postfix instance)");
+        return;
+    }
+    let emulator = emulator().await;
+    let spool = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
+    let postfix = Postfix::start(relay.smtp).unwrap();
+    for n in 0..2 {
+        postfix.sendmail(
+            MAILBOX,
+            "alice@example.com",
+            &format!(
+                "From: {MAILBOX}\nTo: alice@example.com\nSubject: via postfix {n}\n\nbody {n}\n"
+            ),
+        );
+    }
+    assert!(
+        emulator.wait_for_accepted(2, Duration::from_secs(30)).await,
+        "postfix log:\n{}\nrelay log:\n{}",
+        postfix.log(),
+        relay.logs()
+    );
+    let mut subjects: Vec<String> = accepted_messages(&emulator)
+        .iter()
+        .map(|(_, message)| message["subject"].as_str().unwrap().to_string())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["via postfix 0", "via postfix 1"]);
+    assert!(
+        postfix.log().contains("status=sent (250 2.0.0 Queued as "),
+        "{}",
+        postfix.log()
+    );
+}
