@@ -498,3 +498,21 @@ async fn postfix_as_upstream_relay_delivers_through_graph_relay() {
         postfix.log()
     );
 }
+
+#[test]
+fn an_unusable_certificate_stops_the_relay_with_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "not a key\n").unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let env: Vec<(String, String)> = [
+        ("GRAPH_RELAY_SMTP__LISTEN", "127.0.0.1:0".to_string()),
+        ("GRAPH_RELAY_SMTP__TLS__CERT_FILE", path("cert.pem")),
+        ("GRAPH_RELAY_SMTP__TLS__KEY_FILE", path("key.pem")),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
+    let (code, _, stderr) = run_relay(&["serve", "--dry-run", &path("out")], &env);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("smtp.tls.cert_file"), "{stderr}");
+}
