@@ -337,8 +337,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn write_out(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
+            // A client that stops reading must not hold its session (and its slot) forever.
+            let (stream, out) = (&mut self.stream, &self.out);
+            tokio::time::timeout(self.config.smtp.idle_timeout, async {
+                stream.write_all(out).await?;
+                stream.flush().await
+            })
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")
+            })??;
             self.out.clear();
         }
         Ok(())
