@@ -444,8 +444,16 @@ async fn bdat_chunks_make_one_message() {
     assert_eq!(s.spool.read_body(meta.id).unwrap(), b"hello world");
 }
 
-#[tokio::test]
-async fn shutdown_between_transactions_answers_421() {
+/// A session over a pipe of `capacity` bytes, run by its own task, for tests that watch how the
+/// session ends: the client's end, the task, and the spool directory to keep alive.
+fn spawn_session(
+    capacity: usize,
+    stop: CancellationToken,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let (queue, _queued) = QueueHandle::channel();
@@ -456,10 +464,15 @@ async fn shutdown_between_transactions_answers_421() {
         no_security(),
         MAIN_LISTENER,
     );
-    let (mut client, server) = tokio::io::duplex(4096);
+    let (client, server) = tokio::io::duplex(capacity);
+    let session = Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx);
+    (client, tokio::spawn(session.run(stop)), dir)
+}
+
+#[tokio::test]
+async fn shutdown_between_transactions_answers_421() {
     let stop = CancellationToken::new();
-    let task =
-        tokio::spawn(Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx).run(stop.clone()));
+    let (mut client, task, _dir) = spawn_session(4096, stop.clone());
     stop.cancel();
     task.await.unwrap().unwrap();
     let mut text = String::new();

@@ -315,20 +315,8 @@ async fn shutdown_waits_for_the_open_transaction_then_answers_421() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_is_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(dir.path()).unwrap();
-    let (queue, _queued) = QueueHandle::channel();
-    let ctx = context(
-        config(),
-        Arc::new(spool),
-        queue,
-        no_security(),
-        MAIN_LISTENER,
-    );
     // A small pipe: the replies to the pipelined NOOPs fill it, and nobody reads them.
-    let (client, server) = tokio::io::duplex(1024);
-    let session = Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx);
-    let task = tokio::spawn(session.run(CancellationToken::new()));
+    let (client, task, _dir) = spawn_session(1024, CancellationToken::new());
     let (_reader, mut writer) = tokio::io::split(client);
     tokio::spawn(async move {
         let noops = "NOOP\r\n".repeat(10_000);
