@@ -421,7 +421,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     unreachable!("DATA state always has a transaction");
                 };
                 let before = tx.pending.len();
-                let done = receiver.ingest(bytes, &mut tx.pending);
+                let done = ingest_bounded(bytes, &mut tx.pending, |bytes, pending| {
+                    receiver.ingest(bytes, pending)
+                });
                 tx.take_body(before);
                 if tx.size > self.config.smtp.max_message_size {
                     let skip = DummyDataReceiver::new_data(receiver);
@@ -451,7 +453,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     unreachable!("BDAT state always has a transaction");
                 };
                 let before = tx.pending.len();
-                let done = receiver.ingest(bytes, &mut tx.pending);
+                let done = ingest_bounded(bytes, &mut tx.pending, |bytes, pending| {
+                    receiver.ingest(bytes, pending)
+                });
                 tx.take_body(before);
                 if !done {
                     return if tx.pending.len() >= BUFFER_SIZE {
@@ -966,6 +970,25 @@ impl Transaction {
             None => self.last_cr,
         }
     }
+}
+
+/// Feeds a body receiver no more bytes than `pending` has room for, so at most `BUFFER_SIZE`
+/// body bytes (plus the CRs added to bare LFs) wait in memory before the next flush. The rest of
+/// the read stays in `bytes` for the next call.
+fn ingest_bounded(
+    bytes: &mut Iter<'_, u8>,
+    pending: &mut Vec<u8>,
+    ingest: impl FnOnce(&mut Iter<'_, u8>, &mut Vec<u8>) -> bool,
+) -> bool {
+    let rest = bytes.as_slice();
+    let room = BUFFER_SIZE.saturating_sub(pending.len()).max(1);
+    let now = &rest[..room.min(rest.len())];
+    let mut limited = now.iter();
+    let done = ingest(&mut limited, pending);
+    // Unconsumed bytes, and everything past the limit, stay for the next call.
+    let consumed = now.len() - limited.as_slice().len();
+    *bytes = rest[consumed..].iter();
+    done
 }
 
 /// The addresses in the From header of a message's header block.

@@ -482,3 +482,33 @@ async fn shutdown_between_transactions_answers_421() {
         "{text}"
     );
 }
+
+#[test]
+fn body_bytes_wait_in_memory_only_up_to_the_buffer_size() {
+    let read = vec![b'x'; 3 * BUFFER_SIZE];
+    let mut bytes = read.iter();
+    let mut pending = vec![b'y'; BUFFER_SIZE - 10];
+    let done = ingest_bounded(&mut bytes, &mut pending, |bytes, pending| {
+        pending.extend(bytes.by_ref());
+        false
+    });
+    assert!(!done);
+    assert_eq!(pending.len(), BUFFER_SIZE);
+    assert_eq!(
+        bytes.as_slice().len(),
+        3 * BUFFER_SIZE - 10,
+        "the rest waits"
+    );
+    // A receiver that stops early (end of data) leaves the following command in place.
+    let read = b"body\r\n.\r\nQUIT\r\n";
+    let mut bytes = read.iter();
+    let mut receiver = DataReceiver::new();
+    receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
+    let mut pending = Vec::new();
+    assert!(ingest_bounded(
+        &mut bytes,
+        &mut pending,
+        |bytes, pending| { receiver.ingest(bytes, pending) }
+    ));
+    assert_eq!(bytes.as_slice(), b"QUIT\r\n");
+}
