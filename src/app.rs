@@ -26,7 +26,10 @@ use crate::queue::metrics::Counters;
 use crate::queue::retry::{RetryPolicy, RetryPolicyError};
 use crate::queue::scheduler::{Clock, Limits, Scheduler};
 use crate::queue::{Spool, SpoolError};
-use crate::smtp::{Listener, SessionContext};
+use crate::smtp::auth::Lockout;
+use crate::smtp::limits::{Connections, raise_fd_limit};
+use crate::smtp::listener::bind_all;
+use crate::smtp::{Listener, Security, SessionContext, SmtpError};
 
 /// Where accepted messages go.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Smtp(#[from] SmtpError),
     #[error("cannot create the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
     #[error("cannot use the dry-run directory: {0}")]
@@ -123,14 +128,15 @@ pub async fn run(
         counters.clone(),
     );
 
-    let listen = config.smtp.listen;
-    let listener = bind("smtp.listen", listen).await?;
-    let address = local_addr("smtp.listen", &listener, listen)?;
+    // The operations endpoint first: its address is logged before the SMTP listeners'.
     let http_listen = config.http.listen;
     let http_listener = bind("http.listen", http_listen).await?;
     let http_address = local_addr("http.listen", &http_listener, http_listen)?;
     tracing::info!(address = %http_address, "operations endpoint bound (/metrics, /healthz, /readyz)");
-    tracing::info!(%address, mode = ?mode, "SMTP listener bound");
+    let open_files = raise_fd_limit();
+    let security = Security::load(&config.smtp)?;
+    let bound = bind_all(&config.smtp).await?;
+    tracing::info!(open_files = ?open_files, mode = ?mode, "SMTP listeners ready");
 
     let metrics = crate::telemetry::install_metrics()?;
     let health = Arc::new(Health::new(config.queue.dir().to_path_buf()));
@@ -147,21 +153,39 @@ pub async fn run(
     .map_err(AppError::Control)?;
     tasks.spawn(control);
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
-    let ctx = Arc::new(SessionContext {
-        config: config_rx,
-        spool,
-        queue,
-    });
+    tasks.spawn(reload_on_sighup(reload, config_tx, stop.clone()));
+    tasks.spawn(scheduler.run(recovered.entries, stop.clone(), tasks.clone()));
     if let Some(tokens) = followed_tokens {
-        let queue = ctx.queue.clone();
+        let queue = queue.clone();
         let credentials_changed = move || {
             queue.command(crate::queue::scheduler::Command::CredentialsChanged);
         };
-        tasks.spawn(tokens.follow(ctx.config.clone(), stop.clone(), credentials_changed));
+        tasks.spawn(tokens.follow(config_rx.clone(), stop.clone(), credentials_changed));
     }
-    tasks.spawn(reload_on_sighup(reload, config_tx, stop.clone()));
-    tasks.spawn(scheduler.run(recovered.entries, stop.clone(), tasks.clone()));
-    tasks.spawn(Listener::new(listener, ctx).run(stop.clone(), tasks.clone()));
+
+    // SMTP listeners: certificate and users reload with the configuration.
+    let (security_tx, security_rx) = watch::channel(Arc::new(security));
+    tasks.spawn(crate::smtp::security::reload_on_change(
+        config_rx.clone(),
+        security_tx,
+        stop.clone(),
+    ));
+    let (lockout, connections) = (
+        Arc::new(Lockout::default()),
+        Arc::new(Connections::default()),
+    );
+    for (name, socket) in bound {
+        let ctx = Arc::new(SessionContext {
+            config: config_rx.clone(),
+            spool: spool.clone(),
+            queue: queue.clone(),
+            listener: name,
+            security: security_rx.clone(),
+            lockout: lockout.clone(),
+        });
+        let listener = Listener::new(socket, ctx, connections.clone());
+        tasks.spawn(listener.run(stop.clone(), tasks.clone()));
+    }
     tasks.spawn(crate::http::serve(
         http_listener,
         health.clone(),
@@ -283,6 +307,17 @@ fn sections_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         .collect();
     if old.smtp.listen != new.smtp.listen {
         changed.push("smtp.listen");
+    }
+    let addresses = |config: &Config| -> Vec<_> {
+        config
+            .smtp
+            .all_listeners()
+            .into_iter()
+            .map(|(name, l)| (name, l.address, l.mode))
+            .collect()
+    };
+    if addresses(old) != addresses(new) {
+        changed.push("smtp.listeners");
     }
     changed
 }

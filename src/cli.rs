@@ -90,6 +90,7 @@ pub fn main() -> ExitCode {
         Err(err) => {
             let code = match err.downcast_ref::<AppError>() {
                 Some(AppError::Config(_)) => EXIT_CONFIG,
+                Some(AppError::Smtp(err)) if !err.is_retryable() => EXIT_CONFIG,
                 _ if err.downcast_ref::<ConfigError>().is_some() => EXIT_CONFIG,
                 _ => 1,
             };

@@ -24,6 +24,10 @@ pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
 pub use queue::QueueConfig;
 pub use smtp::SmtpConfig;
+pub use smtp::{
+    ClientSpec, Domain, ListenerConfig, ListenerMode, MAIN_LISTENER, Network, SenderPattern,
+    SenderRule, SmtpAuthConfig, TlsConfig,
+};
 
 /// Environment variable naming the configuration file when `--config` is not given.
 pub const CONFIG_PATH_VAR: &str = "GRAPH_RELAY_CONFIG";

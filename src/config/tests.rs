@@ -43,13 +43,9 @@ fn documented_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for line in DOCUMENTED.lines() {
         let line = line.trim();
-        // `[auth.profiles.NAME]` is documented commented out, like its keys.
-        let header = line.strip_prefix("#[auth.profiles.").map(|_| &line[1..]);
-        if let Some(name) = header
-            .unwrap_or(line)
-            .strip_prefix('[')
-            .and_then(|l| l.strip_suffix(']'))
-        {
+        // Example named tables are documented commented out: `#[smtp.listeners.submission]`.
+        let header = line.trim_start_matches('#');
+        if let Some(name) = header.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_string();
         } else if let Some((key, _)) = line.trim_start_matches('#').split_once(" = ")
             && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
@@ -60,24 +56,40 @@ fn documented_keys() -> BTreeSet<String> {
     keys
 }
 
-/// `section.key` for every field of [`Config`].
+/// `section.key` for every field of [`Config`], nested tables as `section.table.key`.
 fn code_keys() -> BTreeSet<String> {
-    let value = serde_json::to_value(Config::default()).unwrap();
+    let mut config = Config::default();
+    // Named tables, under the example names the file uses.
+    config
+        .smtp
+        .listeners
+        .insert("submission".into(), Default::default());
+    config
+        .smtp
+        .sender_policy
+        .insert("scanners".into(), Default::default());
+    config
+        .auth
+        .profiles
+        .insert("NAME".into(), Default::default());
     let mut keys = BTreeSet::new();
-    for (section, fields) in value.as_object().unwrap() {
-        for key in fields.as_object().unwrap().keys() {
-            if key == "profiles" {
-                // A named table: its keys are documented once, under `NAME`.
-                let profile = serde_json::to_value(ProfileConfig::default()).unwrap();
-                for field in profile.as_object().unwrap().keys() {
-                    keys.insert(format!("{section}.profiles.NAME.{field}"));
-                }
-            } else {
-                keys.insert(format!("{section}.{key}"));
+    collect_keys("", &serde_json::to_value(config).unwrap(), &mut keys);
+    keys
+}
+
+fn collect_keys(prefix: &str, value: &serde_json::Value, keys: &mut BTreeSet<String>) {
+    for (name, value) in value.as_object().unwrap() {
+        let key = match prefix {
+            "" => name.clone(),
+            _ => format!("{prefix}.{name}"),
+        };
+        match value {
+            serde_json::Value::Object(_) => collect_keys(&key, value, keys),
+            _ => {
+                keys.insert(key);
             }
         }
     }
-    keys
 }
 
 #[test]
@@ -90,12 +102,8 @@ fn the_example_file_with_every_key_uncommented_is_valid() {
     let uncommented: String = DOCUMENTED
         .lines()
         .map(|line| match line.strip_prefix('#') {
-            Some(rest)
-                if (rest.contains(" = ") || rest.starts_with("[auth.profiles."))
-                    && !rest.starts_with(' ') =>
-            {
-                rest
-            }
+            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            Some(rest) if rest.starts_with('[') => rest,
             _ => line,
         })
         .collect::<Vec<_>>()
@@ -161,6 +169,87 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("smtp.max_recipients", "50", |c| c.smtp.max_recipients == 50),
         ("smtp.idle_timeout", "45s", |c| {
             c.smtp.idle_timeout == Duration::from_secs(45)
+        }),
+        ("smtp.data_timeout", "90s", |c| {
+            c.smtp.data_timeout == Duration::from_secs(90)
+        }),
+        ("smtp.allowed_networks", "10.0.0.0/8,::1", |c| {
+            c.smtp
+                .allowed_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                == ["10.0.0.0/8", "::1/128"]
+        }),
+        ("smtp.require_auth", "true", |c| c.smtp.require_auth),
+        ("smtp.plaintext_auth", "true", |c| c.smtp.plaintext_auth),
+        (
+            "smtp.allowed_recipient_domains",
+            "contoso.com,Fabrikam.com",
+            |c| {
+                c.smtp
+                    .allowed_recipient_domains
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    == ["contoso.com", "fabrikam.com"]
+            },
+        ),
+        ("smtp.max_connections", "200", |c| {
+            c.smtp.max_connections == 200
+        }),
+        ("smtp.max_connections_per_client", "20", |c| {
+            c.smtp.max_connections_per_client == 20
+        }),
+        ("smtp.max_messages_per_connection", "7", |c| {
+            c.smtp.max_messages_per_connection == 7
+        }),
+        ("smtp.max_errors", "9", |c| c.smtp.max_errors == 9),
+        ("smtp.tls.cert_file", "/etc/tls/cert.pem", |c| {
+            c.smtp.tls.cert_file.as_deref() == Some(Path::new("/etc/tls/cert.pem"))
+        }),
+        ("smtp.tls.key_file", "/etc/tls/key.pem", |c| {
+            c.smtp.tls.key_file.as_deref() == Some(Path::new("/etc/tls/key.pem"))
+        }),
+        ("smtp.tls.min_version", "1.3", |c| {
+            c.smtp.tls.min_version == "1.3"
+        }),
+        ("smtp.auth.users_file", "/etc/smtp-users", |c| {
+            c.smtp.auth.users_file.as_deref() == Some(Path::new("/etc/smtp-users"))
+        }),
+        ("smtp.auth.max_failures", "3", |c| {
+            c.smtp.auth.max_failures == 3
+        }),
+        ("smtp.auth.lockout", "1h", |c| {
+            c.smtp.auth.lockout == Duration::from_secs(3600)
+        }),
+        ("smtp.listeners.submission.address", "0.0.0.0:587", |c| {
+            c.smtp.listeners["submission"].address == Some("0.0.0.0:587".parse().unwrap())
+        }),
+        ("smtp.listeners.submission.mode", "tls", |c| {
+            c.smtp.listeners["submission"].mode == crate::config::ListenerMode::Tls
+        }),
+        (
+            "smtp.listeners.submission.allowed_networks",
+            "192.0.2.0/24",
+            |c| c.smtp.listeners["submission"].allowed_networks[0].to_string() == "192.0.2.0/24",
+        ),
+        ("smtp.listeners.submission.require_auth", "true", |c| {
+            c.smtp.listeners["submission"].require_auth
+        }),
+        ("smtp.listeners.submission.plaintext_auth", "true", |c| {
+            c.smtp.listeners["submission"].plaintext_auth
+        }),
+        (
+            "smtp.sender_policy.scanners.clients",
+            "10.20.0.0/24,user:scanner",
+            |c| c.smtp.sender_policy["scanners"].clients.len() == 2,
+        ),
+        ("smtp.sender_policy.scanners.allow", "@contoso.com", |c| {
+            c.smtp.sender_policy["scanners"].allow[0].to_string() == "@contoso.com"
+        }),
+        ("smtp.sender_policy.scanners.deny", "ceo@contoso.com", |c| {
+            c.smtp.sender_policy["scanners"].deny[0].to_string() == "ceo@contoso.com"
         }),
         ("http.listen", "127.0.0.1:9926", |c| {
             c.http.listen.port() == 9926
@@ -470,6 +559,54 @@ fn bad_values_name_their_key() {
         ),
         (&[("GRAPH_RELAY_QUEUE__MAX_SIZE", "0")], "queue.max_size"),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
+        (
+            &[("GRAPH_RELAY_SMTP__TLS__MIN_VERSION", "1.1")],
+            "smtp.tls.min_version",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__TLS__CERT_FILE", "/etc/cert.pem")],
+            "smtp.tls",
+        ),
+        (
+            &[
+                ("GRAPH_RELAY_SMTP__LISTENERS__SMTPS__ADDRESS", "0.0.0.0:465"),
+                ("GRAPH_RELAY_SMTP__LISTENERS__SMTPS__MODE", "tls"),
+            ],
+            "smtp.listeners.smtps.mode",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__LISTENERS__SMTPS__MODE", "plain")],
+            "smtp.listeners.smtps.address",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__REQUIRE_AUTH", "true")],
+            "smtp.require_auth",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__ALLOWED_NETWORKS", "10.0.0.0/33")],
+            "smtp.allowed_networks",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__ALLOWED_RECIPIENT_DOMAINS", "a@b.com")],
+            "smtp.allowed_recipient_domains",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__SENDER_POLICY__X__ALLOW", "nobody")],
+            "smtp.sender_policy.x.allow",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__MAX_CONNECTIONS_PER_CLIENT", "2000")],
+            "smtp.max_connections_per_client",
+        ),
+        (&[("GRAPH_RELAY_SMTP__MAX_ERRORS", "0")], "smtp.max_errors"),
+        (
+            &[("GRAPH_RELAY_SMTP__SENDER_POLICY__X__ALLOW", "*")],
+            "smtp.sender_policy.x.clients",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__DATA_TIMEOUT", "0s")],
+            "smtp.data_timeout",
+        ),
     ];
     for (pairs, key) in cases {
         let err = load(pairs).expect_err(&format!("{pairs:?} must be refused"));

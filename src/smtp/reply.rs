@@ -50,6 +50,22 @@ impl Reply {
     pub const SHUTTING_DOWN: Reply =
         reply(421, (4, 3, 0), "Service shutting down, try again later");
     pub const IDLE_TIMEOUT: Reply = reply(421, (4, 4, 2), "Idle too long, closing connection");
+    pub const DATA_TIMEOUT: Reply =
+        reply(421, (4, 4, 2), "Data transfer too slow, closing connection");
+    /// A client outside the listener's `allowed_networks` (RFC 5321 §3.1: 554 instead of 220).
+    pub const NETWORK_REFUSED: Reply = reply(
+        554,
+        (5, 7, 1),
+        "Connections from your address are not accepted",
+    );
+    pub const TOO_MANY_CONNECTIONS: Reply =
+        reply(421, (4, 7, 0), "Too many connections, try again later");
+    pub const TOO_MANY_MESSAGES: Reply = reply(
+        421,
+        (4, 7, 0),
+        "Too many messages on one connection, reconnect to go on",
+    );
+    pub const TOO_MANY_ERRORS: Reply = reply(421, (4, 7, 0), "Too many errors, closing connection");
 
     /// `250` to HELO.
     pub fn helo(hostname: &str) -> Self {
@@ -60,13 +76,57 @@ impl Reply {
         }
     }
 
-    /// The multi-line `250` to EHLO listing the extensions the relay really supports.
-    pub fn write_ehlo(out: &mut Vec<u8>, hostname: &str, max_message_size: u64) {
+    /// The multi-line `250` to EHLO listing the extensions the relay really supports; STARTTLS
+    /// and AUTH only where this session may use them.
+    pub fn write_ehlo(out: &mut Vec<u8>, hostname: &str, max_message_size: u64, offer: Offer) {
+        let mut w = VecWriter(out);
         let _ = write!(
-            VecWriter(out),
+            w,
             "250-{hostname} Hello\r\n250-PIPELINING\r\n250-SIZE {max_message_size}\r\n\
-             250-8BITMIME\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n"
+             250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"
         );
+        if offer.starttls {
+            let _ = write!(w, "250-STARTTLS\r\n");
+        }
+        if offer.auth {
+            let _ = write!(w, "250-AUTH PLAIN LOGIN\r\n");
+        }
+        let _ = write!(w, "250 ENHANCEDSTATUSCODES\r\n");
+    }
+
+    // === STARTTLS and AUTH ===
+
+    pub const READY_TO_START_TLS: Reply = reply(220, (2, 0, 0), "Ready to start TLS");
+    pub const TLS_ALREADY_ACTIVE: Reply = reply(503, (5, 5, 1), "TLS already active");
+    pub const STARTTLS_FIRST: Reply = reply(530, (5, 7, 0), "Must issue a STARTTLS command first");
+    pub const AUTH_REQUIRED: Reply = reply(530, (5, 7, 0), "Authentication required");
+    pub const AUTH_SUCCEEDED: Reply = reply(235, (2, 7, 0), "Authentication succeeded");
+    pub const AUTH_FAILED: Reply = reply(535, (5, 7, 8), "Authentication credentials invalid");
+    pub const AUTH_CANCELLED: Reply = reply(501, (5, 0, 0), "Authentication cancelled");
+    pub const AUTH_BAD_BASE64: Reply = reply(501, (5, 5, 2), "Invalid base64 data");
+    pub const AUTH_MECHANISM: Reply = reply(504, (5, 5, 4), "Unrecognized authentication type");
+    pub const AUTH_ALREADY: Reply = reply(503, (5, 5, 1), "Already authenticated");
+    pub const AUTH_IN_TRANSACTION: Reply =
+        reply(503, (5, 5, 1), "AUTH not allowed during a mail transaction");
+    /// RFC 4954: AUTH without TLS on a listener that does not allow plaintext passwords.
+    pub const AUTH_NEEDS_TLS: Reply = reply(
+        538,
+        (5, 7, 11),
+        "Encryption required for requested authentication mechanism",
+    );
+    pub const AUTH_LOCKED: Reply = reply(
+        454,
+        (4, 7, 0),
+        "Too many failed authentication attempts, try again later",
+    );
+
+    /// `334`: a SASL challenge, already base64 (empty for PLAIN's "send your response").
+    pub fn challenge(base64: &'static str) -> Self {
+        Self {
+            code: 334,
+            enhanced: None,
+            text: Cow::Borrowed(base64),
+        }
     }
 
     // === Transaction ===
@@ -108,11 +168,25 @@ impl Reply {
 
     // === Refusals ===
 
+    /// Addresses Graph cannot take: no domain, a domain literal, a quoted local part.
+    pub const RECIPIENT_UNUSABLE: Reply = reply(
+        553,
+        (5, 1, 3),
+        "Address not deliverable through Microsoft Graph",
+    );
+    pub const RECIPIENT_DOMAIN_REFUSED: Reply =
+        reply(550, (5, 7, 1), "Relaying to this domain is not allowed");
+    pub const SENDER_REFUSED: Reply =
+        reply(550, (5, 7, 1), "Sender address not allowed for this client");
+    pub const FROM_REFUSED: Reply =
+        reply(550, (5, 7, 1), "From address not allowed for this client");
+    /// RFC 6531: a non-ASCII address in a transaction that did not ask for SMTPUTF8.
+    pub const NEEDS_SMTPUTF8: Reply = reply(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8");
     pub const COMMAND_UNRECOGNIZED: Reply = reply(500, (5, 5, 1), "Command unrecognized");
     pub const LINE_TOO_LONG: Reply = reply(500, (5, 5, 2), "Line too long");
     pub const BAD_SENDER_ADDRESS: Reply = reply(501, (5, 1, 7), "Bad sender address syntax");
-    pub const BAD_RECIPIENT_ADDRESS: Reply = reply(501, (5, 1, 3), "Bad recipient address syntax");
-    pub const EMPTY_RECIPIENT: Reply = reply(501, (5, 1, 3), "A recipient address is required");
+    pub const BAD_RECIPIENT_ADDRESS: Reply = reply(553, (5, 1, 3), "Bad recipient address syntax");
+    pub const EMPTY_RECIPIENT: Reply = reply(553, (5, 1, 3), "A recipient address is required");
     pub const NOT_IMPLEMENTED: Reply = reply(502, (5, 5, 1), "Command not implemented");
     pub const HELLO_FIRST: Reply = reply(503, (5, 5, 1), "Send HELO or EHLO first");
     pub const NESTED_MAIL: Reply = reply(503, (5, 5, 1), "Sender already specified");
@@ -146,6 +220,13 @@ impl Reply {
             text: format!("Parameter {param} not supported").into(),
         }
     }
+}
+
+/// The extensions a session may use right now, beyond those every session has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offer {
+    pub starttls: bool,
+    pub auth: bool,
 }
 
 struct VecWriter<'a>(&'a mut Vec<u8>);
@@ -188,11 +269,25 @@ mod tests {
     #[test]
     fn ehlo_lists_each_extension_and_ends_with_a_space_line() {
         let mut out = Vec::new();
-        Reply::write_ehlo(&mut out, "relay.local", 1000);
+        Reply::write_ehlo(
+            &mut out,
+            "relay.local",
+            1000,
+            Offer {
+                starttls: true,
+                auth: false,
+            },
+        );
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.split_terminator("\r\n").collect();
         assert_eq!(lines.first(), Some(&"250-relay.local Hello"));
-        assert!(lines.contains(&"250-SIZE 1000"));
+        for extension in ["SIZE 1000", "8BITMIME", "SMTPUTF8", "CHUNKING", "STARTTLS"] {
+            assert!(
+                lines.contains(&format!("250-{extension}").as_str()),
+                "{extension}"
+            );
+        }
+        assert!(!text.contains("AUTH"));
         assert!(
             lines[..lines.len() - 1]
                 .iter()

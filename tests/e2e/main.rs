@@ -6,6 +6,8 @@ mod identity;
 mod operations;
 mod support;
 
+mod smtp;
+
 use std::time::Duration;
 
 use base64::Engine;

@@ -3,19 +3,28 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
-use crate::config::SmtpConfig;
+use crate::config::{MAIN_LISTENER, SmtpConfig};
 use crate::queue::EntryMeta;
 use crate::queue::scheduler::QueueHandle;
 
+mod policy;
+mod tls;
+
+/// The client's end: a pipe, or TLS over it after STARTTLS.
+trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
 struct Harness {
-    client: DuplexStream,
+    client: Box<dyn ClientIo>,
     queued: UnboundedReceiver<EntryMeta>,
     spool: Arc<Spool>,
     _dir: tempfile::TempDir,
+    /// The relay's shutdown, as the session sees it.
+    stop: CancellationToken,
     /// Bytes read but not yet returned as reply lines.
     unread: Vec<u8>,
 }
@@ -37,26 +46,63 @@ fn live(smtp: SmtpConfig) -> tokio::sync::watch::Receiver<Arc<Config>> {
     .1
 }
 
+/// A listener's shared context over `spool`, without TLS or users unless `security` has them.
+fn context(
+    config: SmtpConfig,
+    spool: Arc<Spool>,
+    queue: QueueHandle,
+    security: Security,
+    listener: &str,
+) -> Arc<SessionContext> {
+    Arc::new(SessionContext {
+        config: live(config),
+        spool,
+        queue,
+        listener: listener.to_string(),
+        security: tokio::sync::watch::channel(Arc::new(security)).1,
+        lockout: Arc::new(Lockout::default()),
+    })
+}
+
+fn no_security() -> Security {
+    Security {
+        tls: None,
+        users: auth::Users::default(),
+    }
+}
+
 async fn start(config: SmtpConfig) -> Harness {
+    start_with(config, no_security(), "127.0.0.1:40000").await
+}
+
+/// A session of `smtp.listen` for a client at `peer`, before its greeting is read.
+async fn open(config: SmtpConfig, security: Security, peer: &str) -> Harness {
+    open_on(config, security, peer, MAIN_LISTENER).await
+}
+
+/// A session of the named listener for a client at `peer`, before its greeting is read.
+async fn open_on(config: SmtpConfig, security: Security, peer: &str, listener: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let spool = Arc::new(spool);
     let (queue, queued) = QueueHandle::channel();
-    let ctx = Arc::new(SessionContext {
-        config: live(config),
-        spool: spool.clone(),
-        queue,
-    });
+    let ctx = context(config, spool.clone(), queue, security, listener);
     let (client, server) = tokio::io::duplex(256 * 1024);
-    let session = Session::new(server, "127.0.0.1:40000".parse().unwrap(), ctx);
-    tokio::spawn(session.run(CancellationToken::new()));
-    let mut harness = Harness {
-        client,
+    let session = Session::new(server, peer.parse().unwrap(), ctx);
+    let stop = CancellationToken::new();
+    tokio::spawn(session.run(stop.clone()));
+    Harness {
+        client: Box::new(client),
         queued,
         spool,
         _dir: dir,
+        stop,
         unread: Vec::new(),
-    };
+    }
+}
+
+async fn start_with(config: SmtpConfig, security: Security, peer: &str) -> Harness {
+    let mut harness = open(config, security, peer).await;
     assert_eq!(
         harness.reply().await,
         "220 relay.test ESMTP graph-relay ready"
@@ -180,7 +226,7 @@ async fn pipelined_commands_are_answered_in_order() {
     assert!(s.reply().await.starts_with("250-relay.test"));
     assert!(s.reply().await.starts_with("250 2.1.0"));
     assert!(s.reply().await.starts_with("250 2.1.5"));
-    assert!(s.reply().await.starts_with("501"));
+    assert!(s.reply().await.starts_with("553 5.1.3"));
     assert!(s.reply().await.starts_with("354"));
     s.send("body\r\n.\r\nQUIT\r\n").await;
     assert!(s.reply().await.starts_with("250 2.0.0 Queued as "));
@@ -227,6 +273,7 @@ async fn commands_out_of_order_get_503() {
     s.expect("NOOP", "250").await;
     s.expect("FROBNICATE", "500 5.5.1").await;
     s.expect("STARTTLS", "502 5.5.1").await;
+    s.expect("AUTH PLAIN AGJvYgBwdw==", "502 5.5.1").await;
 }
 
 #[tokio::test]
@@ -277,7 +324,87 @@ async fn only_crlf_dot_crlf_ends_data() {
     let meta = s.next_queued().await;
     assert_eq!(
         s.spool.read_body(meta.id).unwrap(),
-        b"a\n.\nMAIL FROM:<x@evil.test>\r\nb\n.\r\nc\r.\r\nend\r\n"
+        b"a\r\n.\r\nMAIL FROM:<x@evil.test>\r\nb\r\n.\r\nc\r.\r\nend\r\n",
+        "bare LFs are stored as CRLF"
+    );
+}
+
+#[tokio::test]
+async fn smuggled_ends_of_data_stay_content_and_no_second_message_appears() {
+    for fake_end in ["\n.\n", "\n.\r\n", "\r.\r\n"] {
+        let mut s = start(config()).await;
+        s.expect("EHLO c", "250").await;
+        let body = format!(
+            "Subject: x\r\n\r\nbefore{fake_end}MAIL FROM:<evil@evil.test>\r\n\
+             RCPT TO:<victim@example.com>\r\nDATA\r\nsmuggled\r\n.\r\n"
+        );
+        let reply = s
+            .transaction("a@example.com", &["b@example.com"], &body)
+            .await;
+        Harness::queued_id(&reply);
+        s.expect("NOOP", "250 2.0.0").await;
+        let meta = s.next_queued().await;
+        assert_eq!(meta.envelope.mail_from, "a@example.com", "{fake_end:?}");
+        let stored = s.spool.read_body(meta.id).unwrap();
+        let stored = String::from_utf8(stored).unwrap();
+        assert!(
+            stored.contains("MAIL FROM:<evil@evil.test>\r\n") && stored.ends_with("smuggled\r\n"),
+            "{fake_end:?}: {stored:?}"
+        );
+        assert!(
+            s.queued.try_recv().is_err(),
+            "{fake_end:?}: one message only"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bare_lf_ends_command_lines_and_body_lines_are_stored_as_crlf() {
+    let mut s = start(config()).await;
+    s.send("EHLO c\nMAIL FROM:<a@example.com>\nRCPT TO:<b@example.com>\nDATA\n")
+        .await;
+    assert!(s.reply().await.starts_with("250-relay.test"));
+    assert!(s.reply().await.starts_with("250 2.1.0"));
+    assert!(s.reply().await.starts_with("250 2.1.5"));
+    assert!(s.reply().await.starts_with("354"));
+    // A body split so that a CR ends one write and its LF starts the next.
+    s.send("Subject: t\n\nline one\r").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.send("\nline two\r\n.\r\n").await;
+    Harness::queued_id(&s.reply().await);
+    let meta = s.next_queued().await;
+    assert_eq!(
+        s.spool.read_body(meta.id).unwrap(),
+        b"Subject: t\r\n\r\nline one\r\nline two\r\n"
+    );
+}
+
+#[tokio::test]
+async fn ehlo_advertises_8bitmime_and_smtputf8_and_they_work() {
+    let mut s = start(config()).await;
+    let ehlo = s.expect("EHLO c", "250").await;
+    for extension in ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"] {
+        assert!(ehlo.contains(extension), "{ehlo}");
+    }
+    assert!(
+        !ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    s.expect("MAIL FROM:<a@example.com> BODY=8BITMIME", "250")
+        .await;
+    s.expect("RCPT TO:<jürgen@example.com>", "553 5.6.7").await;
+    s.expect("RSET", "250").await;
+    s.expect("MAIL FROM:<añil@example.com> BODY=8BITMIME SMTPUTF8", "250")
+        .await;
+    s.expect("RCPT TO:<jürgen@example.com>", "250 2.1.5").await;
+    s.expect("DATA", "354").await;
+    s.send("Subject: Grüße\r\n\r\nÄÖÜ\r\n.\r\n").await;
+    Harness::queued_id(&s.reply().await);
+    let meta = s.next_queued().await;
+    assert_eq!(meta.envelope.rcpt_to, ["jürgen@example.com"]);
+    assert_eq!(
+        s.spool.read_body(meta.id).unwrap(),
+        "Subject: Grüße\r\n\r\nÄÖÜ\r\n".as_bytes()
     );
 }
 
@@ -317,20 +444,35 @@ async fn bdat_chunks_make_one_message() {
     assert_eq!(s.spool.read_body(meta.id).unwrap(), b"hello world");
 }
 
-#[tokio::test]
-async fn shutdown_between_transactions_answers_421() {
+/// A session over a pipe of `capacity` bytes, run by its own task, for tests that watch how the
+/// session ends: the client's end, the task, and the spool directory to keep alive.
+fn spawn_session(
+    capacity: usize,
+    stop: CancellationToken,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let (queue, _queued) = QueueHandle::channel();
-    let ctx = Arc::new(SessionContext {
-        config: live(config()),
-        spool: Arc::new(spool),
+    let ctx = context(
+        config(),
+        Arc::new(spool),
         queue,
-    });
-    let (mut client, server) = tokio::io::duplex(4096);
+        no_security(),
+        MAIN_LISTENER,
+    );
+    let (client, server) = tokio::io::duplex(capacity);
+    let session = Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx);
+    (client, tokio::spawn(session.run(stop)), dir)
+}
+
+#[tokio::test]
+async fn shutdown_between_transactions_answers_421() {
     let stop = CancellationToken::new();
-    let task =
-        tokio::spawn(Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx).run(stop.clone()));
+    let (mut client, task, _dir) = spawn_session(4096, stop.clone());
     stop.cancel();
     task.await.unwrap().unwrap();
     let mut text = String::new();
@@ -339,4 +481,34 @@ async fn shutdown_between_transactions_answers_421() {
         text.ends_with("421 4.3.0 Service shutting down, try again later\r\n"),
         "{text}"
     );
+}
+
+#[test]
+fn body_bytes_wait_in_memory_only_up_to_the_buffer_size() {
+    let read = vec![b'x'; 3 * BUFFER_SIZE];
+    let mut bytes = read.iter();
+    let mut pending = vec![b'y'; BUFFER_SIZE - 10];
+    let done = ingest_bounded(&mut bytes, &mut pending, |bytes, pending| {
+        pending.extend(bytes.by_ref());
+        false
+    });
+    assert!(!done);
+    assert_eq!(pending.len(), BUFFER_SIZE);
+    assert_eq!(
+        bytes.as_slice().len(),
+        3 * BUFFER_SIZE - 10,
+        "the rest waits"
+    );
+    // A receiver that stops early (end of data) leaves the following command in place.
+    let read = b"body\r\n.\r\nQUIT\r\n";
+    let mut bytes = read.iter();
+    let mut receiver = DataReceiver::new();
+    receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
+    let mut pending = Vec::new();
+    assert!(ingest_bounded(
+        &mut bytes,
+        &mut pending,
+        |bytes, pending| { receiver.ingest(bytes, pending) }
+    ));
+    assert_eq!(bytes.as_slice(), b"QUIT\r\n");
 }
