@@ -10,7 +10,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use graph_relay::config::{Config, SmtpConfig};
 use graph_relay::queue::scheduler::QueueHandle;
 use graph_relay::queue::spool::{Envelope, Spool};
-use graph_relay::smtp::{Session, SessionContext};
+use graph_relay::smtp::auth::Lockout;
+use graph_relay::smtp::{Security, Session, SessionContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -47,10 +48,14 @@ fn session_transaction(c: &mut Criterion) {
         },
         ..Config::default()
     };
+    let security = Security::load(&config.smtp).unwrap();
     let ctx = Arc::new(SessionContext {
         config: tokio::sync::watch::channel(Arc::new(config)).1,
         spool: Arc::new(spool),
         queue,
+        listener: "listen".into(),
+        security: tokio::sync::watch::channel(Arc::new(security)).1,
+        lockout: Arc::new(Lockout::default()),
     });
     let transaction = format!(
         "MAIL FROM:<scanner@example.com>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n{}.\r\n",
