@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::token::{AccessToken, error_chain};
 use crate::config::GraphConfig;
+use crate::telemetry::GRAPH_REQUEST_DURATION;
 
 /// One pooled HTTP client for Graph and Entra, with timeouts on every request.
 ///
@@ -135,6 +136,7 @@ impl GraphClient {
         body: Vec<u8>,
     ) -> Result<Accepted, GraphError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(send_mail_url(&self.endpoint, sender))
@@ -150,6 +152,7 @@ impl GraphClient {
                 outcome_unknown: !err.is_connect(),
             })?;
         let status = response.status().as_u16();
+        metrics::histogram!(GRAPH_REQUEST_DURATION).record(started.elapsed().as_secs_f64());
         let headers = response.headers().clone();
         let request_id = header_text(&headers, "request-id");
         if status == 202 {

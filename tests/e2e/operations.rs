@@ -70,6 +70,16 @@ async fn metrics_and_health_endpoints_report_real_traffic() {
         3.0,
         "{metrics}"
     );
+    assert_eq!(
+        sample(&metrics, "graph_relay_graph_request_duration_seconds_count"),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "graph_relay_token_requests_total{outcome=\"issued\"}"),
+        1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

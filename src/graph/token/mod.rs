@@ -16,6 +16,7 @@ use crate::config::{
     AuthConfig, ClientCredentials, Config, ConfigError, Credential, read_secret_file,
     select_profile,
 };
+use crate::telemetry::{SECRET_EXPIRY, TOKEN_REQUESTS};
 
 pub mod assertion;
 
@@ -354,7 +355,11 @@ impl TokenProvider {
             let today = days_since_epoch();
             if warned_on != Some(today) {
                 warned_on = Some(today);
-                if let Some(days) = config.borrow().auth.secret_expires_in_days(today)
+                let days_left = config.borrow().auth.secret_expires_in_days(today);
+                if let Some(days) = days_left {
+                    metrics::gauge!(SECRET_EXPIRY).set(((today + days) * 86_400) as f64);
+                }
+                if let Some(days) = days_left
                     && days <= SECRET_EXPIRY_WARNING_DAYS
                 {
                     tracing::warn!(
@@ -430,8 +435,17 @@ impl TokenProvider {
                 .map(|p| p.settings.clone())
                 .expect("the default profile always exists")
         };
-        (|| self.fetch_once(&settings))
-            .retry(self.backoff)
+        (|| async {
+            let fetched = self.fetch_once(&settings).await;
+            let outcome = match &fetched {
+                Ok(_) => "issued",
+                Err(TokenError::Refused { .. } | TokenError::Credential { .. }) => "refused",
+                Err(TokenError::Unreachable { .. } | TokenError::InvalidResponse { .. }) => "failed",
+            };
+            metrics::counter!(TOKEN_REQUESTS, "outcome" => outcome).increment(1);
+            fetched
+        })
+        .retry(self.backoff)
             .when(TokenError::is_retryable)
             .notify(|err, after| {
                 tracing::warn!(error = %err, retry_in_ms = after.as_millis() as u64, "token request failed; retrying");
