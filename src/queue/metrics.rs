@@ -2,12 +2,49 @@
 //! reads the totals through the control socket, and every count is also exported to `/metrics`
 //! under the names in [`crate::telemetry`].
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::telemetry::{
     AMBIGUOUS_RETRIES, CONFIG_FAULTS, GRAPH_THROTTLED, MESSAGES_DELIVERED, MESSAGES_FAILED,
-    MESSAGES_RETRIED,
+    MESSAGES_RETRIED, RECIPIENTS_24H,
 };
+
+/// Exchange Online lets one mailbox send to 10,000 recipients per rolling 24 hours.
+pub const RECIPIENTS_PER_DAY: u64 = 10_000;
+/// Share of that limit at which the relay warns.
+const RECIPIENT_WARNING_PERCENT: u64 = 80;
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Recipients a mailbox sent to over the last 24 hours: (time, recipients) per delivery,
+/// oldest first.
+#[derive(Debug, Default)]
+pub struct RecipientWindow {
+    deliveries: VecDeque<(u64, u64)>,
+    total: u64,
+    warned: bool,
+}
+
+impl RecipientWindow {
+    /// Adds a delivery at `now_ms`, forgets those older than 24 hours, and returns the total
+    /// and whether it just crossed the warning threshold.
+    pub fn record(&mut self, now_ms: u64, recipients: u64) -> (u64, bool) {
+        self.deliveries.push_back((now_ms, recipients));
+        self.total += recipients;
+        while let Some(&(at, count)) = self.deliveries.front() {
+            if at + DAY_MS > now_ms {
+                break;
+            }
+            self.deliveries.pop_front();
+            self.total -= count;
+        }
+        let over = self.total * 100 >= RECIPIENTS_PER_DAY * RECIPIENT_WARNING_PERCENT;
+        let crossed = over && !self.warned;
+        self.warned = over;
+        (self.total, crossed)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -16,6 +53,7 @@ pub struct Counters {
     ambiguous_retries: AtomicU64,
     failed: AtomicU64,
     config_faults: AtomicU64,
+    recipients: Mutex<HashMap<String, RecipientWindow>>,
 }
 
 impl Counters {
@@ -46,6 +84,28 @@ impl Counters {
         metrics::counter!(CONFIG_FAULTS).increment(1);
     }
 
+    /// A delivery to `recipients` recipients from `mailbox`: counted over a rolling 24 hours
+    /// (in memory, so a restart starts the count again), with a warning at 80 % of Exchange's
+    /// 10,000.
+    pub fn recipients(&self, mailbox: &str, recipients: usize, now_ms: u64) {
+        let (total, crossed) = {
+            let mut windows = self.recipients.lock().unwrap_or_else(|p| p.into_inner());
+            windows
+                .entry(mailbox.to_string())
+                .or_default()
+                .record(now_ms, recipients as u64)
+        };
+        metrics::gauge!(RECIPIENTS_24H, "mailbox" => mailbox.to_string()).set(total as f64);
+        if crossed {
+            tracing::warn!(
+                mailbox,
+                recipients_24h = total,
+                limit = RECIPIENTS_PER_DAY,
+                "mailbox is above 80% of Exchange's 10,000 recipients per 24 hours; beyond it Exchange refuses its mail"
+            );
+        }
+    }
+
     /// Graph answered 429 or 503 for this mailbox.
     pub fn throttled(&self, mailbox: &str) {
         metrics::counter!(GRAPH_THROTTLED, "mailbox" => mailbox.to_string()).increment(1);
@@ -61,5 +121,34 @@ impl Counters {
             (MESSAGES_FAILED, load(&self.failed)),
             (CONFIG_FAULTS, load(&self.config_faults)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_are_counted_over_a_rolling_day_with_one_warning_at_80_percent() {
+        let mut window = RecipientWindow::default();
+        let hour = DAY_MS / 24;
+        // (time in hours, recipients, expected total, expected warning)
+        let steps = [
+            (0, 5_000, 5_000, false),
+            (1, 2_999, 7_999, false),
+            (2, 1, 8_000, true),
+            (3, 100, 8_100, false),
+            // The first three deliveries leave the window at 24, 25 and 26 hours.
+            (24, 10, 3_110, false),
+            (26, 5_000, 5_110, false),
+            (27, 3_000, 8_110, true),
+        ];
+        for (at, recipients, total, warn) in steps {
+            assert_eq!(
+                window.record(at * hour, recipients),
+                (total, warn),
+                "at {at} h"
+            );
+        }
     }
 }

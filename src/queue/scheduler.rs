@@ -680,6 +680,11 @@ impl<A: Attempt> Worker<A> {
         let (class, retry_after, reason) = match outcome {
             Outcome::Delivered => {
                 self.counters.delivered();
+                self.counters.recipients(
+                    &lane.mailbox,
+                    meta.envelope.rcpt_to.len(),
+                    self.clock.now_ms(),
+                );
                 let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
                 log_spool_result(id, result);
                 return Report::Done {

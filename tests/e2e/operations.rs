@@ -76,7 +76,10 @@ async fn metrics_and_health_endpoints_report_real_traffic() {
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "graph_relay_token_requests_total{outcome=\"issued\"}"),
+        sample(
+            &metrics,
+            "graph_relay_token_requests_total{outcome=\"issued\"}"
+        ),
         1.0,
         "{metrics}"
     );
