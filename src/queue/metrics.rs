@@ -138,10 +138,10 @@ mod tests {
             (1, 2_999, 7_999, false),
             (2, 1, 8_000, true),
             (3, 100, 8_100, false),
-            // The first three deliveries leave the window at 24, 25 and 26 hours.
+            // Each delivery leaves the window 24 hours after it was made.
             (24, 10, 3_110, false),
             (26, 5_000, 5_110, false),
-            (27, 3_000, 8_110, true),
+            (27, 3_000, 8_010, true),
         ];
         for (at, recipients, total, warn) in steps {
             assert_eq!(
