@@ -5,7 +5,12 @@ use std::{hint::black_box, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use graph_relay::convert::convert;
+use graph_relay::convert::{Arrival, Options, convert};
+
+const ARRIVAL: Arrival<'static> = Arrival {
+    queue_id: "01JBENCH0000000000000000",
+    received_at: 1_700_000_000,
+};
 
 const HEADERS: &str = "From: Billing <billing@example.com>\r\n\
     To: Customer <customer@example.net>\r\n\
@@ -47,7 +52,16 @@ fn bench_convert(c: &mut Criterion) {
     ] {
         group.throughput(Throughput::Bytes(raw.len() as u64));
         group.bench_function(name, |b| {
-            b.iter(|| convert(black_box(&raw), "billing@example.com", &rcpt_to).expect("converts"))
+            b.iter(|| {
+                convert(
+                    black_box(&raw),
+                    "billing@example.com",
+                    &rcpt_to,
+                    ARRIVAL,
+                    &Options::default(),
+                )
+                .expect("converts")
+            })
         });
     }
     group.finish();

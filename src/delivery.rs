@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
+use crate::config::{LargeMessages, MAX_REQUEST_BYTES};
 use crate::convert::{self, Converted};
 use crate::graph::client::{GraphClient, send_mail_url};
 use crate::graph::dry_run::DryRunWriter;
@@ -37,6 +40,15 @@ pub struct Delivery {
     spool: Arc<Spool>,
     outbound: Outbound,
     endpoint: url::Url,
+    fidelity: Fidelity,
+}
+
+/// How messages are converted (`[graph]` format, sender, headers) and what happens to those
+/// too large for one request.
+#[derive(Default)]
+pub struct Fidelity {
+    pub options: convert::Options,
+    pub large_messages: LargeMessages,
 }
 
 impl Delivery {
@@ -45,7 +57,14 @@ impl Delivery {
             spool,
             outbound,
             endpoint,
+            fidelity: Fidelity::default(),
         }
+    }
+
+    /// Converts with `fidelity` instead of the defaults.
+    pub fn with_fidelity(mut self, fidelity: Fidelity) -> Self {
+        self.fidelity = fidelity;
+        self
     }
 
     pub async fn attempt(&self, meta: &EntryMeta) -> Outcome {
@@ -67,7 +86,19 @@ impl Delivery {
             }
         };
         let envelope = &meta.envelope;
-        let converted = match convert::convert(&raw, &envelope.mail_from, &envelope.rcpt_to) {
+        let queue_id = id.to_string();
+        let arrival = convert::Arrival {
+            queue_id: &queue_id,
+            received_at: ulid::Ulid::from_string(&queue_id)
+                .map_or(0, |ulid| (ulid.timestamp_ms() / 1000) as i64),
+        };
+        let converted = match convert::convert(
+            &raw,
+            &envelope.mail_from,
+            &envelope.rcpt_to,
+            arrival,
+            &self.fidelity.options,
+        ) {
             Ok(converted) => converted,
             Err(err) => {
                 return Outcome::Failed {
@@ -75,12 +106,25 @@ impl Delivery {
                 };
             }
         };
+        if let Some(why) = converted.forced_mime {
+            tracing::info!(queue_id = %id, reason = why, "sent in MIME format");
+        }
+        let (content_type, body) = converted.http_body();
+        // Re-checked after conversion: the DATA limit keeps most messages below this.
+        if body.len() as u64 > MAX_REQUEST_BYTES
+            && self.fidelity.large_messages == LargeMessages::Refuse
+        {
+            return Outcome::Failed {
+                reason: format!(
+                    "the Graph request would be {} bytes, above Graph's 4 MiB request limit; \
+                     set graph.large_messages = \"upload\" to send large messages",
+                    body.len()
+                ),
+            };
+        }
         let Converted {
-            sender,
-            request,
-            message_id,
+            sender, message_id, ..
         } = converted;
-        let body = serde_json::to_vec(&request).expect("sendMail request always serialises");
         match &self.outbound {
             Outbound::DryRun(writer) => {
                 let path = send_mail_url(&self.endpoint, &sender).path().to_string();
@@ -96,7 +140,15 @@ impl Delivery {
                 }
             }
             Outbound::Graph { client, tokens } => {
-                let outcome = send(client, tokens, &sender, body).await;
+                // The span puts the original Message-ID on the line with Graph's request-id.
+                let span = tracing::info_span!(
+                    "send",
+                    queue_id = %id,
+                    message_id = message_id.as_deref().unwrap_or("")
+                );
+                let outcome = send(client, tokens, &sender, content_type, body)
+                    .instrument(span)
+                    .await;
                 tracing::info!(
                     queue_id = %id,
                     sender = %sender,
@@ -116,6 +168,7 @@ async fn send(
     client: &GraphClient,
     tokens: &TokenProvider,
     sender: &str,
+    content_type: &str,
     body: Vec<u8>,
 ) -> Outcome {
     let mut retried_unauthorized = false;
@@ -133,9 +186,14 @@ async fn send(
                 };
             }
         };
-        match client.send_mail(&token, sender, body.clone()).await {
+        match client
+            .send_mail(&token, sender, content_type, body.clone())
+            .await
+        {
             Ok(accepted) => {
-                tracing::debug!(
+                // Info, not debug: JSON sendMail cannot carry the Message-ID, so this line is
+                // what links the original Message-ID to Graph's request-id in message trace.
+                tracing::info!(
                     request_id = accepted.request_id.as_deref().unwrap_or(""),
                     client_request_id = %accepted.client_request_id,
                     "Graph accepted the message"

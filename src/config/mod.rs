@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthConfig, ClientCredentials};
 pub use graph::GraphConfig;
+pub use graph::{LargeMessages, MAX_REQUEST_BYTES, SINGLE_REQUEST_RAW_LIMIT, SenderKind};
 pub use http::HttpConfig;
 pub use queue::QueueConfig;
 pub use smtp::SmtpConfig;

@@ -113,7 +113,7 @@ impl GraphClient {
         Self { http, endpoint }
     }
 
-    /// Sends one sendMail request body (`application/json`).
+    /// Sends one sendMail request body: `application/json`, or `text/plain` for base64 MIME.
     ///
     /// # Errors
     /// Graph refused the request or could not be reached; see [`GraphError::is_retryable`].
@@ -121,6 +121,7 @@ impl GraphClient {
         &self,
         token: &AccessToken,
         sender: &str,
+        content_type: &str,
         body: Vec<u8>,
     ) -> Result<Accepted, GraphError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
@@ -128,7 +129,7 @@ impl GraphClient {
             .http
             .post(send_mail_url(&self.endpoint, sender))
             .header(AUTHORIZATION, format!("Bearer {}", token.secret()))
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, content_type)
             .header("client-request-id", &client_request_id)
             .body(body)
             .send()
