@@ -117,8 +117,19 @@ pub(super) fn content<'a>(raw: &'a [u8], part: &'a MessagePart<'a>) -> Cow<'a, [
     let Some(encoded) = raw.get(start..end) else {
         return Cow::Borrowed(part.contents());
     };
+    // When decoding failed (e.g. the closing boundary is missing) mail-parser keeps the part as
+    // undecoded text and forgets the encoding; the header still says what it was.
+    let encoding = match part.content_transfer_encoding() {
+        Some(cte) if part.is_encoding_problem && cte.eq_ignore_ascii_case("base64") => {
+            Encoding::Base64
+        }
+        Some(cte) if part.is_encoding_problem && cte.eq_ignore_ascii_case("quoted-printable") => {
+            Encoding::QuotedPrintable
+        }
+        _ => part.encoding,
+    };
     // An empty boundary makes the decoders read to the end of the slice.
-    let (end, decoded) = match part.encoding {
+    let (end, decoded) = match encoding {
         Encoding::Base64 => MessageStream::new(encoded).decode_base64_mime(b""),
         Encoding::QuotedPrintable => MessageStream::new(encoded).decode_quoted_printable_mime(b""),
         Encoding::None => return Cow::Borrowed(encoded),

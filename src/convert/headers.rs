@@ -70,8 +70,8 @@ fn header_text(message: &MimeMessage<'_>, name: &str) -> Option<String> {
 
 fn value_text(value: &HeaderValue<'_>, raw: &[u8], header: &mail_parser::Header<'_>) -> String {
     match value {
-        HeaderValue::Text(text) => text.to_string(),
-        HeaderValue::TextList(list) => list.join(", "),
+        HeaderValue::Text(text) => unfold(text),
+        HeaderValue::TextList(list) => unfold(&list.join(", ")),
         // Addresses and other structured values: the raw field, unfolded.
         _ => {
             let bytes = raw

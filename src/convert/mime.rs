@@ -111,13 +111,11 @@ pub(super) fn rewrite(parsed: &MimeMessage<'_>, how: &Rewrite<'_>) -> Vec<u8> {
                     write_recipients(&mut out);
                     recipients_written = true;
                 }
-                if how.rewritten_from.is_some()
-                    && !has("reply-to")
+                if !has("reply-to")
                     && let Some(original) = how.rewritten_from
                 {
-                    out.extend_from_slice(
-                        address_field("Reply-To", std::slice::from_ref(original)).as_bytes(),
-                    );
+                    let original = repair::clean_display_name(original.clone());
+                    out.extend_from_slice(address_field("Reply-To", &[original]).as_bytes());
                 }
                 if !has("date") {
                     out.extend_from_slice(format!("Date: {}\r\n", date(how.arrival)).as_bytes());

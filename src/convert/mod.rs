@@ -14,7 +14,11 @@ mod attachment;
 mod body;
 mod headers;
 pub use headers::MAX_X_HEADERS;
+#[cfg(test)]
+mod fidelity_tests;
 mod mime;
+#[cfg(test)]
+mod oracle_tests;
 mod repair;
 #[cfg(test)]
 mod tests;
@@ -291,7 +295,7 @@ pub fn convert(
     let (from, reply_to) = match rewritten_from {
         Some(original) if extras.reply_to.is_empty() => (
             Some(Recipient::new(None, sender.clone())),
-            vec![original.clone()],
+            vec![repair::clean_display_name(original.clone())],
         ),
         Some(_) => (Some(Recipient::new(None, sender.clone())), extras.reply_to),
         None => (header_from.map(repair::clean_display_name), extras.reply_to),
