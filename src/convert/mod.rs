@@ -105,8 +105,8 @@ pub struct Arrival<'a> {
 /// What Graph gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    /// A JSON `sendMail` request.
-    Json(SendMailRequest),
+    /// A JSON `sendMail` request (boxed: it is much larger than the MIME variant).
+    Json(Box<SendMailRequest>),
     /// The repaired RFC 5322 message, not yet base64 encoded.
     Mime(Vec<u8>),
 }
@@ -303,7 +303,7 @@ pub fn convert(
 
     Ok(Converted {
         sender,
-        outgoing: Outgoing::Json(SendMailRequest {
+        outgoing: Outgoing::Json(Box::new(SendMailRequest {
             message: Message {
                 subject: parsed.subject().unwrap_or_default().to_owned(),
                 body: body.item,
@@ -319,7 +319,7 @@ pub fn convert(
                 attachments,
             },
             save_to_sent_items: (!options.save_to_sent_items).then_some(false),
-        }),
+        })),
         message_id,
         forced_mime: None,
     })

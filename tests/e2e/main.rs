@@ -1,6 +1,7 @@
 //! End to end: real SMTP clients → the relay binary → the Entra/Graph emulator.
 //! One test binary; each area adds a module beside this file.
 
+mod fidelity;
 mod support;
 
 use std::time::Duration;
