@@ -11,6 +11,7 @@ use crate::convert::{self, Converted};
 use crate::graph::client::{GraphClient, send_mail_url};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
+use crate::graph::upload::{self, UploadFailure};
 use crate::queue::{EntryMeta, Spool};
 
 /// What became of one attempt.
@@ -58,6 +59,78 @@ impl Delivery {
             outbound,
             endpoint,
             fidelity: Fidelity::default(),
+        }
+    }
+
+    fn upload_enabled(&self) -> bool {
+        self.fidelity.large_messages == LargeMessages::Upload
+    }
+
+    /// The size ladder's upper rung: draft, attachments, upload sessions, send
+    /// ([`crate::graph::upload`]), with the draft id kept in the spool metadata meanwhile.
+    async fn upload(
+        &self,
+        client: &GraphClient,
+        tokens: &TokenProvider,
+        meta: &EntryMeta,
+        raw: &[u8],
+    ) -> Outcome {
+        let envelope = &meta.envelope;
+        let plan = match convert::plan_upload(
+            raw,
+            &envelope.mail_from,
+            &envelope.rcpt_to,
+            &self.fidelity.options,
+        ) {
+            Ok(plan) => plan,
+            Err(err) => {
+                return Outcome::Failed {
+                    reason: format!("cannot convert the message: {err}"),
+                };
+            }
+        };
+        let token = match tokens.token().await {
+            Ok(token) => token,
+            Err(err) => {
+                return Outcome::Retry {
+                    reason: err.to_string(),
+                    after: None,
+                };
+            }
+        };
+        let persist = |draft_id: &str| {
+            let mut updated = meta.clone();
+            updated.draft_id = Some(draft_id.to_owned());
+            self.spool.update(&updated).map_err(|e| e.to_string())
+        };
+        let orphan = meta.draft_id.as_deref();
+        match upload::send_by_upload(client, &token, &plan, orphan, persist).await {
+            Ok(accepted) => {
+                tracing::info!(
+                    request_id = accepted.request_id.as_deref().unwrap_or(""),
+                    attachments_uploaded = plan.large.len(),
+                    "Graph accepted the message (draft and upload sessions)"
+                );
+                Outcome::Delivered
+            }
+            Err(UploadFailure::Persist(reason)) => Outcome::Retry {
+                reason: format!("cannot record the draft id in the spool: {reason}"),
+                after: None,
+            },
+            Err(UploadFailure::Graph(err)) if err.is_unauthorized() => {
+                tokens.invalidate().await;
+                Outcome::Retry {
+                    reason: err.to_string(),
+                    after: None,
+                }
+            }
+            Err(UploadFailure::Graph(err)) if err.is_retryable() => Outcome::Retry {
+                after: err.retry_after(),
+                reason: err.to_string(),
+            },
+            Err(UploadFailure::Graph(err)) => Outcome::Failed {
+                reason: err.to_string(),
+            },
         }
     }
 
@@ -111,9 +184,7 @@ impl Delivery {
         }
         let (content_type, body) = converted.http_body();
         // Re-checked after conversion: the DATA limit keeps most messages below this.
-        if body.len() as u64 > MAX_REQUEST_BYTES
-            && self.fidelity.large_messages == LargeMessages::Refuse
-        {
+        if body.len() as u64 > MAX_REQUEST_BYTES && !self.upload_enabled() {
             return Outcome::Failed {
                 reason: format!(
                     "the Graph request would be {} bytes, above Graph's 4 MiB request limit; \
@@ -146,9 +217,32 @@ impl Delivery {
                     queue_id = %id,
                     message_id = message_id.as_deref().unwrap_or("")
                 );
-                let outcome = send(client, tokens, &sender, content_type, body)
-                    .instrument(span)
-                    .await;
+                let sent = if body.len() as u64 > MAX_REQUEST_BYTES {
+                    None
+                } else {
+                    match send(client, tokens, &sender, content_type, body)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        Sent::Done(outcome) => Some(outcome),
+                        // Graph's own ceiling (undocumented for MIME) can be below ours.
+                        Sent::TooLarge(err) if self.upload_enabled() => {
+                            tracing::info!(queue_id = %id, error = %err, "switching to the upload path");
+                            None
+                        }
+                        Sent::TooLarge(err) => Some(Outcome::Failed {
+                            reason: err.to_string(),
+                        }),
+                    }
+                };
+                let outcome = match sent {
+                    Some(outcome) => outcome,
+                    None => {
+                        self.upload(client, tokens, meta, &raw)
+                            .instrument(span)
+                            .await
+                    }
+                };
                 tracing::info!(
                     queue_id = %id,
                     sender = %sender,
@@ -163,6 +257,12 @@ impl Delivery {
     }
 }
 
+/// What [`send`] leaves to its caller: an outcome, or Graph's refusal of the request's size.
+enum Sent {
+    Done(Outcome),
+    TooLarge(crate::graph::client::GraphError),
+}
+
 /// Sends with a cached token; on a 401 the token is dropped and the send repeated once.
 async fn send(
     client: &GraphClient,
@@ -170,7 +270,7 @@ async fn send(
     sender: &str,
     content_type: &str,
     body: Vec<u8>,
-) -> Outcome {
+) -> Sent {
     let mut retried_unauthorized = false;
     loop {
         let token = match tokens.token().await {
@@ -180,10 +280,10 @@ async fn send(
                     tracing::error!(error = %err, "token request refused; fix the [auth] configuration");
                 }
                 // Messages stay queued while the credentials are fixed or Entra recovers.
-                return Outcome::Retry {
+                return Sent::Done(Outcome::Retry {
                     reason: err.to_string(),
                     after: None,
-                };
+                });
             }
         };
         match client
@@ -198,22 +298,23 @@ async fn send(
                     client_request_id = %accepted.client_request_id,
                     "Graph accepted the message"
                 );
-                return Outcome::Delivered;
+                return Sent::Done(Outcome::Delivered);
             }
             Err(err) if err.is_unauthorized() && !retried_unauthorized => {
                 tokens.invalidate().await;
                 retried_unauthorized = true;
             }
+            Err(err) if err.is_request_too_large() => return Sent::TooLarge(err),
             Err(err) if err.is_retryable() => {
-                return Outcome::Retry {
+                return Sent::Done(Outcome::Retry {
                     after: err.retry_after(),
                     reason: err.to_string(),
-                };
+                });
             }
             Err(err) => {
-                return Outcome::Failed {
+                return Sent::Done(Outcome::Failed {
                     reason: err.to_string(),
-                };
+                });
             }
         }
     }

@@ -19,6 +19,11 @@ pub struct EmulatorConfig {
     pub graph_resource: String,
     /// Graph's per-(app, mailbox) concurrency limit (4 in production); `None` = unlimited.
     pub max_concurrent_per_mailbox: Option<usize>,
+    /// The tenant's message size limit in bytes (Exchange's default 35 MiB, at most 150 MiB):
+    /// larger messages get `ErrorMessageSizeExceeded`.
+    pub max_message_size: usize,
+    /// How long an attachment upload session's URL stays valid (`expirationDateTime`).
+    pub upload_session_lifetime: Duration,
 }
 
 /// An Entra tenant.
@@ -65,6 +70,8 @@ impl Default for EmulatorConfig {
             latency: Duration::ZERO,
             graph_resource: "https://graph.microsoft.com".to_owned(),
             max_concurrent_per_mailbox: None,
+            max_message_size: 35 * 1024 * 1024,
+            upload_session_lifetime: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -15,11 +15,39 @@ use crate::graph::model::FileAttachment;
 
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// One attachment before base64: its Graph description and its decoded bytes.
+pub(super) struct Part<'a> {
+    /// The fileAttachment with empty `contentBytes`.
+    pub file: FileAttachment,
+    pub bytes: Cow<'a, [u8]>,
+}
+
+impl Part<'_> {
+    /// The fileAttachment with its bytes, as one request carries it.
+    pub fn encoded(self) -> FileAttachment {
+        FileAttachment {
+            content_bytes: STANDARD.encode(&self.bytes),
+            ..self.file
+        }
+    }
+}
+
 /// All attachments in MIME order, leaving out `body_part` (the part already sent as the body).
 pub(super) fn collect(
     message: &MimeMessage<'_>,
     body_part: Option<MessagePartId>,
 ) -> Vec<FileAttachment> {
+    parts(message, body_part)
+        .into_iter()
+        .map(Part::encoded)
+        .collect()
+}
+
+/// [`collect`] without the base64 step, for the upload path.
+pub(super) fn parts<'a>(
+    message: &'a MimeMessage<'a>,
+    body_part: Option<MessagePartId>,
+) -> Vec<Part<'a>> {
     message
         .attachments
         .iter()
@@ -29,12 +57,11 @@ pub(super) fn collect(
         .map(|(index, part)| {
             let content_type = content_type(part);
             let name = file_name(part, index + 1, &content_type);
-            let bytes = STANDARD.encode(content(message.raw_message(), part));
-            let mut attachment = FileAttachment::new(name, content_type, bytes);
+            let mut file = FileAttachment::new(name, content_type, String::new());
             // mail-parser calls a multipart/related image with a Content-ID "Binary", not
             // inline; what makes it inline for the reader is the Content-ID without an
             // explicit `attachment` disposition.
-            attachment.content_id = part
+            file.content_id = part
                 .content_id()
                 .map(|id| {
                     id.trim()
@@ -43,11 +70,14 @@ pub(super) fn collect(
                         .to_owned()
                 })
                 .filter(|id| !id.is_empty());
-            attachment.is_inline = attachment.content_id.is_some()
+            file.is_inline = file.content_id.is_some()
                 && !part
                     .content_disposition()
                     .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
-            attachment
+            Part {
+                file,
+                bytes: content(message.raw_message(), part),
+            }
         })
         .collect()
 }

@@ -339,3 +339,76 @@ fn data_time_check_refuses_only_a_message_without_any_sender() {
     let with_from = b"From: a@example.com\r\n\r\nbody\r\n";
     assert!(check_at_data(with_from, "", &Options::default()).is_none());
 }
+
+/// A multipart message with one base64 attachment per `(name, bytes)`.
+fn with_attachments(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let mut out = String::from(
+        "From: a@example.com\r\nTo: b@example.net\r\nSubject: sizes\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nbody\r\n",
+    );
+    for (name, bytes) in files {
+        out.push_str(&format!(
+            "--b\r\nContent-Type: application/octet-stream; name=\"{name}\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n"
+        ));
+        for line in STANDARD.encode(bytes).as_bytes().chunks(76) {
+            out.push_str(std::str::from_utf8(line).unwrap());
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("--b--\r\n");
+    out.into_bytes()
+}
+
+#[test]
+fn upload_plan_keeps_every_request_under_4_mib() {
+    let bytes = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    };
+    let files = vec![
+        ("small.bin", bytes(100_000, 1)),
+        ("just-below.bin", bytes(super::UPLOAD_SESSION_MIN - 1, 2)),
+        ("three-mb.bin", bytes(super::UPLOAD_SESSION_MIN, 3)),
+        ("twenty-mb.bin", bytes(20 * 1024 * 1024, 4)),
+        ("second-below.bin", bytes(2_500_000, 5)),
+    ];
+    let raw = with_attachments(&files);
+    let rcpt = vec!["b@example.net".to_owned(), "c@example.org".to_owned()];
+    let plan = super::plan_upload(&raw, "", &rcpt, &Options::default()).unwrap();
+    assert_eq!(plan.sender, "a@example.com");
+    let large: Vec<(&str, &[u8])> = plan
+        .large
+        .iter()
+        .map(|a| (a.name.as_str(), a.bytes.as_slice()))
+        .collect();
+    assert_eq!(
+        large,
+        [
+            ("three-mb.bin", files[2].1.as_slice()),
+            ("twenty-mb.bin", files[3].1.as_slice())
+        ]
+    );
+    let draft_size = serde_json::to_vec(&plan.draft).unwrap().len();
+    assert!(draft_size < 4 * 1024 * 1024, "{draft_size}");
+    for attachment in &plan.separate {
+        let size = serde_json::to_vec(attachment).unwrap().len();
+        assert!(size < 4 * 1024 * 1024, "{}: {size}", attachment.name);
+    }
+    let mut small: Vec<&str> = plan
+        .draft
+        .attachments
+        .iter()
+        .chain(&plan.separate)
+        .map(|a| a.name.as_str())
+        .collect();
+    small.sort();
+    assert_eq!(small, ["just-below.bin", "second-below.bin", "small.bin"]);
+    assert_eq!(plan.draft.bcc_recipients.len(), 1);
+
+    let signed =
+        b"From: a@example.com\r\nContent-Type: multipart/signed; boundary=s\r\n\r\n--s--\r\n";
+    let err = super::plan_upload(signed, "", &rcpt, &Options::default()).unwrap_err();
+    assert!(matches!(err, super::ConvertError::SignedTooLarge));
+}

@@ -151,6 +151,11 @@ pub enum ConvertError {
     )]
     NoSender,
     #[error(
+        "the message is signed or encrypted and too large for one Graph request; the upload \
+         path would have to convert it and break the signature, so it cannot be sent"
+    )]
+    SignedTooLarge,
+    #[error(
         "the SMTP envelope has no recipients (no RCPT TO was accepted), so Graph has nobody to \
          deliver to; the SMTP session must name at least one recipient"
     )]
@@ -161,9 +166,10 @@ impl ConvertError {
     /// Always `false`: conversion depends only on the stored bytes and envelope.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ConvertError::Unparseable | ConvertError::NoSender | ConvertError::NoRecipients => {
-                false
-            }
+            ConvertError::Unparseable
+            | ConvertError::NoSender
+            | ConvertError::NoRecipients
+            | ConvertError::SignedTooLarge => false,
         }
     }
 }
@@ -258,12 +264,8 @@ pub fn convert(
         };
     };
 
-    let header_from = address::from_header(&parsed);
-    let sender = pick_sender(header_from.as_ref(), mail_from, options)?;
-    // The original From survives as Reply-To when the message goes out as another mailbox.
-    let rewritten_from = header_from
-        .as_ref()
-        .filter(|from| !from.email_address.address.eq_ignore_ascii_case(&sender));
+    let sending = Sending::new(&parsed, mail_from, options)?;
+    let (sender, rewritten_from) = (sending.sender.clone(), sending.rewritten_from());
     let message_id = parsed.message_id().map(str::to_owned);
 
     let forced_mime = is_signed_or_encrypted(&parsed)
@@ -288,40 +290,176 @@ pub fn convert(
         });
     }
 
-    let recipients = address::envelope_recipients(&parsed, rcpt_to);
     let body = body::select(&parsed);
     let attachments = attachment::collect(&parsed, body.part_id);
-    let extras = headers::extras(&parsed, &options.x_headers);
-    let (from, reply_to) = match rewritten_from {
-        Some(original) if extras.reply_to.is_empty() => (
-            Some(Recipient::new(None, sender.clone())),
-            vec![repair::clean_display_name(original.clone())],
-        ),
-        Some(_) => (Some(Recipient::new(None, sender.clone())), extras.reply_to),
-        None => (header_from.map(repair::clean_display_name), extras.reply_to),
-    };
-
+    let request = json_request(&parsed, &sending, rcpt_to, options, body.item, attachments);
     Ok(Converted {
         sender,
-        outgoing: Outgoing::Json(Box::new(SendMailRequest {
-            message: Message {
-                subject: parsed.subject().unwrap_or_default().to_owned(),
-                body: body.item,
-                from,
-                to_recipients: recipients.to,
-                cc_recipients: recipients.cc,
-                bcc_recipients: recipients.bcc,
-                reply_to,
-                importance: extras.importance,
-                is_delivery_receipt_requested: extras.delivery_receipt,
-                is_read_receipt_requested: extras.read_receipt,
-                internet_message_headers: extras.x_headers,
-                attachments,
-            },
-            save_to_sent_items: (!options.save_to_sent_items).then_some(false),
-        })),
+        outgoing: Outgoing::Json(Box::new(request)),
         message_id,
         forced_mime: None,
+    })
+}
+
+/// Who a message is sent as, and its From header.
+struct Sending {
+    sender: String,
+    header_from: Option<Recipient>,
+}
+
+impl Sending {
+    fn new(
+        parsed: &mail_parser::Message<'_>,
+        mail_from: &str,
+        options: &Options,
+    ) -> Result<Self, ConvertError> {
+        let header_from = address::from_header(parsed);
+        let sender = pick_sender(header_from.as_ref(), mail_from, options)?;
+        Ok(Self {
+            sender,
+            header_from,
+        })
+    }
+
+    /// The original From when the message goes out as another mailbox: it survives as Reply-To.
+    fn rewritten_from(&self) -> Option<&Recipient> {
+        self.header_from.as_ref().filter(|from| {
+            !from
+                .email_address
+                .address
+                .eq_ignore_ascii_case(&self.sender)
+        })
+    }
+}
+
+/// Everything of the JSON request except choosing the body and attachments.
+fn json_request(
+    parsed: &mail_parser::Message<'_>,
+    sending: &Sending,
+    rcpt_to: &[String],
+    options: &Options,
+    body: crate::graph::model::ItemBody,
+    attachments: Vec<crate::graph::model::FileAttachment>,
+) -> SendMailRequest {
+    let recipients = address::envelope_recipients(parsed, rcpt_to);
+    let extras = headers::extras(parsed, &options.x_headers);
+    let sender = sending.sender.as_str();
+    let (from, reply_to) = match sending.rewritten_from() {
+        Some(original) if extras.reply_to.is_empty() => (
+            Some(Recipient::new(None, sender.to_owned())),
+            vec![repair::clean_display_name(original.clone())],
+        ),
+        Some(_) => (
+            Some(Recipient::new(None, sender.to_owned())),
+            extras.reply_to,
+        ),
+        None => (
+            sending.header_from.clone().map(repair::clean_display_name),
+            extras.reply_to,
+        ),
+    };
+    SendMailRequest {
+        message: Message {
+            subject: parsed.subject().unwrap_or_default().to_owned(),
+            body,
+            from,
+            to_recipients: recipients.to,
+            cc_recipients: recipients.cc,
+            bcc_recipients: recipients.bcc,
+            reply_to,
+            importance: extras.importance,
+            is_delivery_receipt_requested: extras.delivery_receipt,
+            is_read_receipt_requested: extras.read_receipt,
+            internet_message_headers: extras.x_headers,
+            attachments,
+        },
+        save_to_sent_items: (!options.save_to_sent_items).then_some(false),
+    }
+}
+
+/// Attachments of at least this many decoded bytes go through an upload session; Graph takes
+/// smaller ones in one request ("3 MB", read as decimal so base64 of a smaller one fits 4 MiB).
+pub const UPLOAD_SESSION_MIN: usize = 3_000_000;
+/// How large the draft request may grow with small attachments before the rest are posted one
+/// by one: 4 MiB less room for JSON framing.
+const DRAFT_BUDGET: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// A message for the draft path (`graph.large_messages = "upload"`).
+#[derive(Debug)]
+pub struct UploadPlan {
+    pub sender: String,
+    /// The draft: the message with the small attachments that fit one request.
+    pub draft: Message,
+    /// Small attachments that did not fit the draft, each posted in its own request.
+    pub separate: Vec<crate::graph::model::FileAttachment>,
+    /// Attachments of [`UPLOAD_SESSION_MIN`] bytes or more, for upload sessions.
+    pub large: Vec<LargeAttachment>,
+    pub message_id: Option<String>,
+}
+
+/// One attachment for an upload session: its description and decoded bytes.
+#[derive(Debug)]
+pub struct LargeAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub is_inline: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// Converts for the draft path: the JSON message, whatever `graph.format` says (a MIME draft
+/// is one request too), with its attachments split so no request exceeds 4 MiB.
+///
+/// # Errors
+/// As [`convert`]; and [`ConvertError::SignedTooLarge`] for a signed or encrypted message,
+/// which only MIME keeps intact.
+pub fn plan_upload(
+    raw: &[u8],
+    mail_from: &str,
+    rcpt_to: &[String],
+    options: &Options,
+) -> Result<UploadPlan, ConvertError> {
+    if rcpt_to.is_empty() {
+        return Err(ConvertError::NoRecipients);
+    }
+    let raw: Cow<'_, [u8]> = repair::normalise_line_ends(raw);
+    let parsed = parse(&raw).ok_or(ConvertError::Unparseable)?;
+    if is_signed_or_encrypted(&parsed) {
+        return Err(ConvertError::SignedTooLarge);
+    }
+    let sending = Sending::new(&parsed, mail_from, options)?;
+    let body = body::select(&parsed);
+    let parts = attachment::parts(&parsed, body.part_id);
+    let request = json_request(&parsed, &sending, rcpt_to, options, body.item, Vec::new());
+    let mut draft = request.message;
+    let mut size = serde_json::to_vec(&draft).map_or(0, |v| v.len());
+    let (mut separate, mut large) = (Vec::new(), Vec::new());
+    for part in parts {
+        if part.bytes.len() >= UPLOAD_SESSION_MIN {
+            large.push(LargeAttachment {
+                name: part.file.name,
+                content_type: part.file.content_type,
+                content_id: part.file.content_id,
+                is_inline: part.file.is_inline,
+                bytes: part.bytes.into_owned(),
+            });
+            continue;
+        }
+        let file = part.encoded();
+        let grows = file.content_bytes.len() + file.name.len() + 256;
+        if size + grows <= DRAFT_BUDGET {
+            size += grows;
+            draft.attachments.push(file);
+        } else {
+            separate.push(file);
+        }
+    }
+    Ok(UploadPlan {
+        sender: sending.sender,
+        draft,
+        separate,
+        large,
+        message_id: parsed.message_id().map(str::to_owned),
     })
 }
 

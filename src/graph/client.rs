@@ -83,6 +83,17 @@ impl GraphError {
         matches!(self, Self::Refused { status: 401, .. })
     }
 
+    /// Graph refused the request for its size (413, or 400 "maximum request length"): the
+    /// message needs the draft and upload-session path.
+    pub fn is_request_too_large(&self) -> bool {
+        match self {
+            Self::Refused {
+                status, message, ..
+            } => *status == 413 || message.contains("maximum request length"),
+            Self::Unreachable { .. } => false,
+        }
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Refused { retry_after, .. } => *retry_after,
@@ -104,8 +115,8 @@ struct ErrorDetail {
 }
 
 pub struct GraphClient {
-    http: reqwest::Client,
-    endpoint: url::Url,
+    pub(super) http: reqwest::Client,
+    pub(super) endpoint: url::Url,
 }
 
 impl GraphClient {
@@ -146,23 +157,30 @@ impl GraphClient {
                 client_request_id,
             });
         }
-        let body = response.bytes().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(parsed) => (parsed.error.code, parsed.error.message),
-            Err(_) => (
-                "(no Graph error body)".to_string(),
-                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-            ),
-        };
-        Err(GraphError::Refused {
-            status,
-            code,
-            message,
-            request_id,
-            retry_after: header_text(&headers, RETRY_AFTER.as_str())
-                .as_deref()
-                .and_then(parse_retry_after),
-        })
+        Err(refusal(response).await)
+    }
+}
+
+/// A non-success answer as [`GraphError::Refused`], with Graph's error code and message.
+pub(super) async fn refusal(response: reqwest::Response) -> GraphError {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(parsed) => (parsed.error.code, parsed.error.message),
+        Err(_) => (
+            "(no Graph error body)".to_string(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    GraphError::Refused {
+        status,
+        code,
+        message,
+        request_id: header_text(&headers, "request-id"),
+        retry_after: header_text(&headers, RETRY_AFTER.as_str())
+            .as_deref()
+            .and_then(parse_retry_after),
     }
 }
 

@@ -10,6 +10,10 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// This module's tests run one at a time: the 60 MB one alone saturates two cores, and relays
+/// started beside it could miss their start-up deadline.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fixture(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/fidelity")
@@ -24,6 +28,7 @@ fn from_mailbox(data: &str, from: &str) -> String {
 
 #[tokio::test]
 async fn json_keeps_accents_names_inline_images_reply_to_and_bcc() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let emulator = emulator().await;
     let spool = tempfile::tempdir().unwrap();
     let relay = Relay::start(&["serve"], &graph_env(&emulator, spool.path()));
@@ -44,7 +49,15 @@ async fn json_keeps_accents_names_inline_images_reply_to_and_bcc() {
         relay.logs()
     );
     let accepted = accepted_messages(&emulator);
-    let nested = &accepted[0].1;
+    // The queue delivers in parallel: find each message by its subject.
+    let by_subject = |subject: &str| {
+        accepted
+            .iter()
+            .map(|(_, message)| message)
+            .find(|message| message["subject"] == subject)
+            .unwrap_or_else(|| panic!("{subject} not delivered"))
+    };
+    let nested = by_subject("Quartalsbericht – Q3");
     assert_eq!(nested["subject"], "Quartalsbericht – Q3");
     assert_eq!(
         nested["toRecipients"],
@@ -64,7 +77,7 @@ async fn json_keeps_accents_names_inline_images_reply_to_and_bcc() {
     assert_eq!(attachments[1]["name"], "Übersicht Q3 – final.xls");
     assert_eq!(attachments[3]["name"], "Grüße an Köln.pdf");
 
-    let extra = &accepted[1].1;
+    let extra = by_subject("Mahnung");
     assert_eq!(
         extra["replyTo"][0]["emailAddress"]["address"],
         "ar@example.com"
@@ -79,6 +92,7 @@ async fn json_keeps_accents_names_inline_images_reply_to_and_bcc() {
 
 #[tokio::test]
 async fn mime_format_is_envelope_exact_and_free_of_quoted_printable() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let emulator = emulator().await;
     let spool = tempfile::tempdir().unwrap();
     let mut env = graph_env(&emulator, spool.path());
@@ -125,4 +139,136 @@ async fn mime_format_is_envelope_exact_and_free_of_quoted_printable() {
     );
     assert!(html.contains("€ 42"), "{html}");
     assert!(parsed.message_id().is_some() && parsed.date().is_some());
+}
+
+/// An emulator whose app may also create drafts (Mail.ReadWrite), with the tenant's message
+/// limit at `max_message_size`.
+async fn upload_emulator(max_message_size: usize) -> graph_relay_emulator::Emulator {
+    let mut config = graph_relay_emulator::EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string()]);
+    config.tenants[0].apps[0]
+        .roles
+        .push("Mail.ReadWrite".to_owned());
+    config.max_message_size = max_message_size;
+    graph_relay_emulator::start(config)
+        .await
+        .expect("emulator starts")
+}
+
+/// A message with a text body and one base64 attachment of `data`.
+fn message_with_attachment(name: &str, data: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut lines = String::with_capacity(encoded.len() + encoded.len() / 38 + 1024);
+    for chunk in encoded.as_bytes().chunks(76) {
+        lines.push_str(std::str::from_utf8(chunk).unwrap());
+        lines.push_str("\r\n");
+    }
+    format!(
+        "From: Scanner <{MAILBOX}>\r\nTo: Alice <alice@example.com>\r\nSubject: Big scan\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGroße Datei anbei.\r\n\
+         --b\r\nContent-Type: application/octet-stream\r\n\
+         Content-Disposition: attachment; filename=\"{name}\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{lines}--b--\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_60_mb_attachment_goes_through_upload_sessions() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    const MIB: usize = 1024 * 1024;
+    let emulator = upload_emulator(150 * MIB).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut env = graph_env(&emulator, spool.path());
+    env.push(("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into()));
+    env.push((
+        "GRAPH_RELAY_GRAPH__MAX_MESSAGE_SIZE".into(),
+        (150 * MIB).to_string(),
+    ));
+    env.push((
+        "GRAPH_RELAY_SMTP__MAX_MESSAGE_SIZE".into(),
+        (150 * MIB).to_string(),
+    ));
+    let relay = Relay::start(&["serve"], &env);
+    let data = random_bytes(60 * MIB, 0x60);
+    // A small second attachment rides in the draft itself.
+    let small = random_bytes(100 * 1024, 0x61);
+    let mut message = message_with_attachment("scan.tif", &data);
+    let small_part = {
+        use base64::Engine;
+        format!(
+            "--b\r\nContent-Type: image/png\r\nContent-ID: <small>\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+            base64::engine::general_purpose::STANDARD.encode(&small)
+        )
+    };
+    message.truncate(message.len() - "--b--\r\n".len());
+    message.push_str(&small_part);
+
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO device", "250").await;
+    smtp.submit(MAILBOX, &["alice@example.com", "bcc@example.org"], &message)
+        .await;
+    drop(message);
+    assert!(
+        emulator
+            .wait_for_accepted(1, Duration::from_secs(120))
+            .await,
+        "relay log:\n{}",
+        relay.logs()
+    );
+    let (mailbox, sent) = accepted_messages(&emulator).remove(0);
+    assert_eq!(mailbox, MAILBOX);
+    assert_eq!(sent["subject"], "Big scan");
+    assert_eq!(
+        sent["bccRecipients"],
+        json!([{"emailAddress": {"address": "bcc@example.org"}}])
+    );
+    let attachments = sent["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 2);
+    let bytes = |a: &serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(a["contentBytes"].as_str().unwrap())
+            .unwrap()
+    };
+    // The draft's own attachment first, then the uploaded one.
+    assert_eq!(attachments[0]["contentId"], "small");
+    assert_eq!(bytes(&attachments[0]), small);
+    assert_eq!(attachments[1]["name"], "scan.tif");
+    assert!(bytes(&attachments[1]) == data, "uploaded bytes differ");
+    assert_eq!(emulator.open_drafts(), 0);
+    // No chunk above 4 MiB, no request refused on the way.
+    assert!(emulator.rejected().is_empty(), "{:?}", emulator.rejected());
+}
+
+#[tokio::test]
+async fn above_the_tenant_limit_the_upload_is_refused_for_good_and_the_draft_deleted() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    const MIB: usize = 1024 * 1024;
+    // The relay believes in 150 MiB, the tenant allows 5 MiB: Graph says ErrorMessageSizeExceeded.
+    let emulator = upload_emulator(5 * MIB).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut env = graph_env(&emulator, spool.path());
+    env.push(("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into()));
+    let relay = Relay::start(&["serve"], &env);
+    let message = message_with_attachment("big.bin", &random_bytes(6 * MIB, 0x62));
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO device", "250").await;
+    smtp.submit(MAILBOX, &["alice@example.com"], &message).await;
+    let refused = eventually(Duration::from_secs(30), || {
+        emulator
+            .rejected()
+            .iter()
+            .any(|r| r.code == "ErrorMessageSizeExceeded")
+    })
+    .await;
+    assert!(refused, "relay log:\n{}", relay.logs());
+    assert!(
+        eventually(Duration::from_secs(10), || emulator.deleted_drafts() == 1).await,
+        "the draft is deleted; log:\n{}",
+        relay.logs()
+    );
+    assert!(emulator.accepted().is_empty());
 }
