@@ -272,3 +272,73 @@ async fn above_the_tenant_limit_the_upload_is_refused_for_good_and_the_draft_del
     );
     assert!(emulator.accepted().is_empty());
 }
+
+/// The crash-recovery half of the draft path, driven directly: a draft id left in the spool
+/// by a crashed attempt is deleted before the new draft; a draft whose id cannot be recorded
+/// is deleted again before anything is uploaded.
+#[tokio::test]
+async fn an_orphan_draft_is_deleted_before_the_retry() {
+    use graph_relay::config::ClientCredentials;
+    use graph_relay::graph::client::GraphClient;
+    use graph_relay::graph::token::TokenProvider;
+    use graph_relay::graph::upload::{UploadFailure, send_by_upload};
+
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let emulator = upload_emulator(150 * 1024 * 1024).await;
+    let http = reqwest::Client::new();
+    let tokens = TokenProvider::new(
+        http.clone(),
+        &url::Url::parse(&emulator.url()).unwrap(),
+        ClientCredentials {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT_ID.into(),
+            client_secret: SECRET.into(),
+        },
+        "https://graph.microsoft.com/.default".into(),
+    );
+    let token = tokens.token().await.unwrap();
+    let client = GraphClient::new(
+        http.clone(),
+        url::Url::parse(&emulator.graph_endpoint()).unwrap(),
+    );
+    // What a crashed attempt left behind.
+    let orphan: serde_json::Value = http
+        .post(format!(
+            "{}/users/{MAILBOX}/messages",
+            emulator.graph_endpoint()
+        ))
+        .bearer_auth(token.secret())
+        .json(&json!({"subject": "half sent"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orphan = orphan["id"].as_str().unwrap().to_owned();
+
+    let raw = message_with_attachment("four-mb.bin", &random_bytes(4 * 1024 * 1024, 0x63));
+    let rcpt = vec!["alice@example.com".to_owned()];
+    let plan =
+        graph_relay::convert::plan_upload(raw.as_bytes(), MAILBOX, &rcpt, &Default::default())
+            .unwrap();
+    assert_eq!(plan.large.len(), 1);
+
+    let refused = send_by_upload(&client, &token, &plan, Some(&orphan), |_| {
+        Err("disk full".to_owned())
+    })
+    .await;
+    assert!(matches!(refused, Err(UploadFailure::Persist(_))));
+    assert_eq!((emulator.open_drafts(), emulator.deleted_drafts()), (0, 2));
+
+    let mut recorded = None;
+    send_by_upload(&client, &token, &plan, Some(&orphan), |id| {
+        recorded = Some(id.to_owned());
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(recorded.is_some_and(|id| id != orphan));
+    assert_eq!(emulator.accepted().len(), 1);
+    assert_eq!(emulator.open_drafts(), 0);
+}
