@@ -19,6 +19,8 @@ mod fidelity_tests;
 mod mime;
 #[cfg(test)]
 mod oracle_tests;
+#[cfg(test)]
+mod proptests;
 mod repair;
 #[cfg(test)]
 mod tests;
