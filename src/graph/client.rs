@@ -262,6 +262,17 @@ mod tests {
         for status in [401, 408, 429, 500, 502, 503, 504] {
             assert!(refused(status).is_retryable(), "{status}");
         }
+        // The size refusals that send a message down the upload path.
+        assert!(refused(413).is_request_too_large());
+        let too_long = GraphError::Refused {
+            status: 400,
+            code: "BadRequest".into(),
+            message: "The maximum request length supported is 4MB.".into(),
+            request_id: None,
+            retry_after: None,
+        };
+        assert!(too_long.is_request_too_large());
+        assert!(!refused(400).is_request_too_large());
         assert!(
             GraphError::Unreachable {
                 reason: "reset".into()

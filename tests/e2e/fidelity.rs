@@ -342,3 +342,32 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
     assert_eq!(emulator.accepted().len(), 1);
     assert_eq!(emulator.open_drafts(), 0);
 }
+
+/// Graph's own ceiling can be lower than 4 MiB (undocumented for MIME): a 413 on sendMail
+/// switches the message to the draft path when it is enabled.
+#[tokio::test]
+async fn a_413_on_sendmail_switches_to_the_upload_path() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let emulator = upload_emulator(35 * 1024 * 1024).await;
+    emulator.inject(graph_relay_emulator::Fault::graph(413, 1).code("RequestEntityTooLarge"));
+    let spool = tempfile::tempdir().unwrap();
+    let mut env = graph_env(&emulator, spool.path());
+    env.push(("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into()));
+    let relay = Relay::start(&["serve"], &env);
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO device", "250").await;
+    let message = message_with_attachment("scan.pdf", &random_bytes(200 * 1024, 0x64));
+    smtp.submit(MAILBOX, &["alice@example.com"], &message).await;
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(20)).await,
+        "relay log:\n{}",
+        relay.logs()
+    );
+    let rejected = emulator.rejected();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].path.ends_with("/sendMail") && rejected[0].status == 413);
+    let (_, sent) = accepted_messages(&emulator).remove(0);
+    assert_eq!(sent["attachments"][0]["name"], "scan.pdf");
+    assert_eq!(emulator.open_drafts(), 0);
+    assert!(relay.logs().contains("switching to the upload path"));
+}
