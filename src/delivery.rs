@@ -158,6 +158,17 @@ impl Delivery {
                 };
             }
         };
+        // A raw message above 4 MiB cannot become a smaller request: skip building it.
+        if let Outbound::Graph { client, tokens } = &self.outbound
+            && self.upload_enabled()
+            && raw.len() as u64 > MAX_REQUEST_BYTES
+        {
+            let span = tracing::info_span!("upload", queue_id = %id);
+            return self
+                .upload(client, tokens, meta, &raw)
+                .instrument(span)
+                .await;
+        }
         let envelope = &meta.envelope;
         let queue_id = id.to_string();
         let arrival = convert::Arrival {

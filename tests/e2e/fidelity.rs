@@ -371,3 +371,30 @@ async fn a_413_on_sendmail_switches_to_the_upload_path() {
     assert_eq!(emulator.open_drafts(), 0);
     assert!(relay.logs().contains("switching to the upload path"));
 }
+
+/// The ladder in MIME format: a message too large for one MIME request goes through the draft
+/// path converted to JSON (a MIME draft is one request too).
+#[tokio::test]
+async fn mime_format_sends_large_messages_as_json_drafts() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let emulator = upload_emulator(35 * 1024 * 1024).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut env = graph_env(&emulator, spool.path());
+    env.push(("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into()));
+    env.push(("GRAPH_RELAY_GRAPH__FORMAT".into(), "mime".into()));
+    let relay = Relay::start(&["serve"], &env);
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO device", "250").await;
+    let data = random_bytes(3_500_000, 0x65);
+    let message = message_with_attachment("big.bin", &data);
+    smtp.submit(MAILBOX, &["alice@example.com"], &message).await;
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(30)).await,
+        "relay log:\n{}",
+        relay.logs()
+    );
+    let (_, sent) = accepted_messages(&emulator).remove(0);
+    assert_eq!(sent["subject"], "Big scan");
+    assert_eq!(sent["attachments"][0]["name"], "big.bin");
+    assert!(emulator.rejected().is_empty(), "{:?}", emulator.rejected());
+}
