@@ -412,3 +412,30 @@ fn upload_plan_keeps_every_request_under_4_mib() {
     let err = super::plan_upload(signed, "", &rcpt, &Options::default()).unwrap_err();
     assert!(matches!(err, super::ConvertError::SignedTooLarge));
 }
+
+#[test]
+fn input_that_panics_mail_parser_is_still_delivered() {
+    // Found by fuzz/fuzz_targets/convert.rs.
+    let raw = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz/mail-parser-invalid-part-id.eml"),
+    )
+    .unwrap();
+    let converted = run_with(
+        &raw,
+        "app@example.com",
+        &["bob@example.net"],
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        converted.forced_mime,
+        Some("the data cannot be parsed as mail")
+    );
+    let refuse = Options {
+        unparseable: Unparseable::Refuse,
+        ..Options::default()
+    };
+    assert!(run_with(&raw, "app@example.com", &["bob@example.net"], &refuse).is_err());
+    assert!(super::plan_upload(&raw, "", &["bob@example.net".to_owned()], &refuse).is_err());
+}

@@ -222,9 +222,14 @@ fn no_from_refusal() -> DataRefusal {
 
 /// mail-parser accepts almost any bytes as a body-only message; without a single header field
 /// there is nothing to tell mail from line noise.
+///
+/// mail-parser 0.11 can panic on some malformed multiparts ("Invalid part ID, could not find
+/// multipart", found by the fuzz target): such a message counts as unparseable rather than
+/// taking the delivery worker down.
 fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    MessageParser::default()
-        .parse(raw)
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten()
         .filter(|parsed| !parsed.root_part().headers().is_empty())
 }
 
@@ -260,7 +265,7 @@ pub fn convert(
                     sender,
                     outgoing: Outgoing::Mime(mime),
                     message_id: None,
-                    forced_mime: Some("the data has no header section"),
+                    forced_mime: Some("the data cannot be parsed as mail"),
                 })
             }
         };
