@@ -6,7 +6,13 @@
 use graph_relay::convert::{self, Arrival, Format, Options, Outgoing};
 use libfuzzer_sys::fuzz_target;
 
+/// libfuzzer-sys's panic hook aborts even on panics the converter catches (mail-parser 0.11
+/// panics on some malformed multiparts, and `convert` treats those as unparseable). The default
+/// hook only prints; a panic that escapes still aborts through libfuzzer-sys's own catch.
+static DEFAULT_PANIC_HOOK: std::sync::Once = std::sync::Once::new();
+
 fuzz_target!(|data: &[u8]| {
+    DEFAULT_PANIC_HOOK.call_once(|| drop(std::panic::take_hook()));
     let rcpt_to = vec!["a@example.com".to_owned(), "b@example.net".to_owned()];
     let arrival = Arrival {
         queue_id: "01FUZZ0000000000000000000",
