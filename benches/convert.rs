@@ -1,11 +1,17 @@
 //! Criterion bench for `graph_relay::convert::convert`: a ~10 KB text message and a message
-//! with a ~100 KB base64 attachment, the two shapes legacy senders mostly produce.
+//! with a ~100 KB base64 attachment, the two shapes legacy senders mostly produce, in JSON and
+//! (the attachment one) MIME format.
 
 use std::{hint::black_box, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use graph_relay::convert::convert;
+use graph_relay::convert::{Arrival, Format, Options, convert};
+
+const ARRIVAL: Arrival<'static> = Arrival {
+    queue_id: "01JBENCH0000000000000000",
+    received_at: 1_700_000_000,
+};
 
 const HEADERS: &str = "From: Billing <billing@example.com>\r\n\
     To: Customer <customer@example.net>\r\n\
@@ -41,13 +47,28 @@ fn attachment_message() -> Vec<u8> {
 fn bench_convert(c: &mut Criterion) {
     let rcpt_to = vec!["customer@example.net".to_owned()];
     let mut group = c.benchmark_group("convert");
-    for (name, raw) in [
-        ("text_10k", text_message()),
-        ("attachment_100k", attachment_message()),
+    let mime = Options {
+        format: Format::Mime,
+        ..Options::default()
+    };
+    for (name, raw, options) in [
+        ("text_10k", text_message(), Options::default()),
+        ("attachment_100k", attachment_message(), Options::default()),
+        // MIME: the envelope-exact header rewrite and base64 of the whole message.
+        ("mime_attachment_100k", attachment_message(), mime),
     ] {
         group.throughput(Throughput::Bytes(raw.len() as u64));
         group.bench_function(name, |b| {
-            b.iter(|| convert(black_box(&raw), "billing@example.com", &rcpt_to).expect("converts"))
+            b.iter(|| {
+                convert(
+                    black_box(&raw),
+                    "billing@example.com",
+                    &rcpt_to,
+                    ARRIVAL,
+                    &options,
+                )
+                .expect("converts")
+            })
         });
     }
     group.finish();

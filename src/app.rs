@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
-use crate::delivery::{Delivery, Outbound};
+use crate::delivery::{Delivery, Fidelity, Outbound};
 use crate::graph::client::{GraphClient, http_client};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
@@ -103,11 +103,20 @@ pub async fn run(
         "spool opened"
     );
     let spool = Arc::new(spool.with_max_size(config.queue.max_size));
-    let delivery = Arc::new(Delivery::new(
-        spool.clone(),
-        outbound,
-        config.graph.endpoint.clone(),
-    ));
+    let delivery = Arc::new(
+        Delivery::new(spool.clone(), outbound, config.graph.endpoint.clone()).with_fidelity(
+            Fidelity {
+                options: config.graph.convert_options(&config.smtp.hostname),
+                large_messages: config.graph.large_messages,
+            },
+        ),
+    );
+    if config.graph.format == crate::convert::Format::Mime {
+        tracing::warn!(
+            "graph.format = \"mime\": envelope-only recipients travel in an added Bcc: header; \
+             whether Exchange strips it from delivered copies is unconfirmed"
+        );
+    }
     let policy = RetryPolicy::try_new(
         config.queue.retry_initial,
         config.queue.retry_max,

@@ -4,11 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
+use crate::config::{LargeMessages, MAX_REQUEST_BYTES};
 use crate::convert::{self, Converted};
 use crate::graph::client::GraphError;
 use crate::graph::client::{GraphClient, send_mail_url};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::{DEFAULT_PROFILE, TokenError, TokenProvider};
+use crate::graph::upload::{self, UploadFailure};
 use crate::queue::retry::{Class, Failure, classify};
 use crate::queue::scheduler::{Attempt, Lane};
 use crate::queue::{EntryMeta, Spool};
@@ -54,6 +58,15 @@ pub struct Delivery {
     spool: Arc<Spool>,
     outbound: Outbound,
     endpoint: url::Url,
+    fidelity: Fidelity,
+}
+
+/// How messages are converted (`[graph]` format, sender, headers) and what happens to those
+/// too large for one request.
+#[derive(Default)]
+pub struct Fidelity {
+    pub options: convert::Options,
+    pub large_messages: LargeMessages,
 }
 
 impl Delivery {
@@ -62,7 +75,84 @@ impl Delivery {
             spool,
             outbound,
             endpoint,
+            fidelity: Fidelity::default(),
         }
+    }
+
+    fn upload_enabled(&self) -> bool {
+        self.fidelity.large_messages == LargeMessages::Upload
+    }
+
+    /// The size ladder's upper rung: draft, attachments, upload sessions, send
+    /// ([`crate::graph::upload`]), with the draft id kept in the spool metadata meanwhile.
+    async fn upload(
+        &self,
+        client: &GraphClient,
+        tokens: &TokenProvider,
+        meta: &EntryMeta,
+        raw: &[u8],
+    ) -> Outcome {
+        let envelope = &meta.envelope;
+        let plan = match convert::plan_upload(
+            raw,
+            &envelope.mail_from,
+            &envelope.rcpt_to,
+            &self.fidelity.options,
+        ) {
+            Ok(plan) => plan,
+            Err(err) => {
+                let reason = format!("cannot convert the message: {err}");
+                return Outcome::failure(Failure::Conversion, 0, None, reason);
+            }
+        };
+        let token = match tokens.token_for(&plan.sender).await {
+            Ok(token) => token,
+            Err(err) => {
+                let reason = err.to_string();
+                return Outcome::failure(token_failure(&err), 0, None, reason);
+            }
+        };
+        let persist = |draft_id: &str| {
+            let mut updated = meta.clone();
+            updated.draft_id = Some(draft_id.to_owned());
+            self.spool.update(&updated).map_err(|e| e.to_string())
+        };
+        let orphan = meta.draft_id.as_deref();
+        match upload::send_by_upload(client, &token, &plan, orphan, persist).await {
+            Ok(accepted) => {
+                tracing::info!(
+                    request_id = accepted.request_id.as_deref().unwrap_or(""),
+                    attachments_uploaded = plan.large.len(),
+                    "Graph accepted the message (draft and upload sessions)"
+                );
+                Outcome::Delivered
+            }
+            Err(UploadFailure::Persist(reason)) => {
+                let reason = format!("cannot record the draft id in the spool: {reason}");
+                Outcome::failure(Failure::Local, 0, None, reason)
+            }
+            Err(UploadFailure::Graph(err)) => {
+                let outcome =
+                    Outcome::failure(graph_failure(&err), 0, err.retry_after(), err.to_string());
+                // The next attempt fetches a new token; the draft is cleaned up before it.
+                if matches!(
+                    outcome,
+                    Outcome::NotDelivered {
+                        class: Class::RefreshToken,
+                        ..
+                    }
+                ) {
+                    tokens.invalidate_for(&plan.sender).await;
+                }
+                outcome
+            }
+        }
+    }
+
+    /// Converts with `fidelity` instead of the defaults.
+    pub fn with_fidelity(mut self, fidelity: Fidelity) -> Self {
+        self.fidelity = fidelity;
+        self
     }
 
     pub async fn attempt(&self, meta: &EntryMeta) -> Outcome {
@@ -73,20 +163,53 @@ impl Delivery {
             Ok(Err(err)) => return Outcome::failure(Failure::Local, 0, None, err.to_string()),
             Err(join) => return Outcome::failure(Failure::Local, 0, None, join.to_string()),
         };
+        // A raw message above 4 MiB cannot become a smaller request: skip building it.
+        if let Outbound::Graph { client, tokens } = &self.outbound
+            && self.upload_enabled()
+            && raw.len() as u64 > MAX_REQUEST_BYTES
+        {
+            let span = tracing::info_span!("upload", queue_id = %id);
+            return self
+                .upload(client, tokens, meta, &raw)
+                .instrument(span)
+                .await;
+        }
         let envelope = &meta.envelope;
-        let converted = match convert::convert(&raw, &envelope.mail_from, &envelope.rcpt_to) {
+        let queue_id = id.to_string();
+        let arrival = convert::Arrival {
+            queue_id: &queue_id,
+            received_at: ulid::Ulid::from_string(&queue_id)
+                .map_or(0, |ulid| (ulid.timestamp_ms() / 1000) as i64),
+        };
+        let converted = match convert::convert(
+            &raw,
+            &envelope.mail_from,
+            &envelope.rcpt_to,
+            arrival,
+            &self.fidelity.options,
+        ) {
             Ok(converted) => converted,
             Err(err) => {
                 let reason = format!("cannot convert the message: {err}");
                 return Outcome::failure(Failure::Conversion, 0, None, reason);
             }
         };
+        if let Some(why) = converted.forced_mime {
+            tracing::info!(queue_id = %id, reason = why, "sent in MIME format");
+        }
+        let (content_type, body) = converted.http_body();
+        // Re-checked after conversion: the DATA limit keeps most messages below this.
+        if body.len() as u64 > MAX_REQUEST_BYTES && !self.upload_enabled() {
+            let reason = format!(
+                "the Graph request would be {} bytes, above Graph's 4 MiB request limit; \
+                 set graph.large_messages = \"upload\" to send large messages",
+                body.len()
+            );
+            return Outcome::failure(Failure::Conversion, 0, None, reason);
+        }
         let Converted {
-            sender,
-            request,
-            message_id,
+            sender, message_id, ..
         } = converted;
-        let body = serde_json::to_vec(&request).expect("sendMail request always serialises");
         match &self.outbound {
             Outbound::DryRun(writer) => {
                 let path = send_mail_url(&self.endpoint, &sender).path().to_string();
@@ -102,7 +225,41 @@ impl Delivery {
                 }
             }
             Outbound::Graph { client, tokens } => {
-                let outcome = send(client, tokens, &sender, body).await;
+                // The span puts the original Message-ID on the line with Graph's request-id.
+                let span = tracing::info_span!(
+                    "send",
+                    queue_id = %id,
+                    message_id = message_id.as_deref().unwrap_or("")
+                );
+                let sent = if body.len() as u64 > MAX_REQUEST_BYTES {
+                    None
+                } else {
+                    match send(client, tokens, &sender, content_type, body)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        Sent::Done(outcome) => Some(outcome),
+                        // Graph's own ceiling (undocumented for MIME) can be below ours.
+                        Sent::TooLarge(err) if self.upload_enabled() => {
+                            tracing::info!(queue_id = %id, error = %err, "switching to the upload path");
+                            None
+                        }
+                        Sent::TooLarge(err) => Some(Outcome::failure(
+                            graph_failure(&err),
+                            0,
+                            None,
+                            err.to_string(),
+                        )),
+                    }
+                };
+                let outcome = match sent {
+                    Some(outcome) => outcome,
+                    None => {
+                        self.upload(client, tokens, meta, &raw)
+                            .instrument(span)
+                            .await
+                    }
+                };
                 tracing::info!(
                     queue_id = %id,
                     sender = %sender,
@@ -121,16 +278,15 @@ impl Attempt for Delivery {
     async fn lane(&self, meta: &EntryMeta) -> Lane {
         let spool = self.spool.clone();
         let meta = meta.clone();
-        // The mailbox is the converted sender (the From address); a message that cannot be
-        // converted fails at its attempt, so it may wait in its envelope sender's lane.
+        let options = self.fidelity.options.clone();
+        // The mailbox is the sender the conversion will choose; a message without a usable
+        // sender fails at its attempt, so it may wait in its envelope sender's lane.
         let sender = tokio::task::spawn_blocking(move || {
             spool
                 .read_body(meta.id)
                 .ok()
-                .and_then(|raw| {
-                    convert::convert(&raw, &meta.envelope.mail_from, &meta.envelope.rcpt_to).ok()
-                })
-                .map_or(meta.envelope.mail_from, |converted| converted.sender)
+                .and_then(|raw| convert::sender(&raw, &meta.envelope.mail_from, &options).ok())
+                .unwrap_or(meta.envelope.mail_from)
         })
         .await
         .unwrap_or_default();
@@ -146,60 +302,85 @@ impl Attempt for Delivery {
     }
 }
 
+/// What [`send`] leaves to its caller: an outcome, or Graph's refusal of the request's size.
+enum Sent {
+    Done(Outcome),
+    TooLarge(GraphError),
+}
+
+/// A token failure as the retry policy sees it.
+fn token_failure(err: &TokenError) -> Failure<'_> {
+    match err {
+        TokenError::Refused { error, .. } => Failure::Token {
+            error,
+            retryable: err.is_retryable(),
+        },
+        // Token requests change nothing at Entra: never ambiguous.
+        TokenError::Unreachable { .. } => Failure::Unreachable {
+            outcome_unknown: false,
+        },
+        TokenError::InvalidResponse { .. } | TokenError::Credential { .. } => Failure::Token {
+            error: "",
+            retryable: err.is_retryable(),
+        },
+    }
+}
+
+/// A Graph failure as the retry policy sees it.
+fn graph_failure(err: &GraphError) -> Failure<'_> {
+    match err {
+        GraphError::Refused { status, code, .. } => Failure::Graph {
+            status: *status,
+            code,
+        },
+        GraphError::Unreachable {
+            outcome_unknown, ..
+        } => Failure::Unreachable {
+            outcome_unknown: *outcome_unknown,
+        },
+    }
+}
+
 /// Sends with a cached token; on a first 401 the token is dropped and the send repeated once.
 async fn send(
     client: &GraphClient,
     tokens: &TokenProvider,
     sender: &str,
+    content_type: &str,
     body: Vec<u8>,
-) -> Outcome {
+) -> Sent {
     let mut tries = 0;
     loop {
         let token = match tokens.token_for(sender).await {
             Ok(token) => token,
             Err(err) => {
-                let failure = match &err {
-                    TokenError::Refused { error, .. } => Failure::Token {
-                        error,
-                        retryable: err.is_retryable(),
-                    },
-                    // Token requests change nothing at Entra: never ambiguous.
-                    TokenError::Unreachable { .. } => Failure::Unreachable {
-                        outcome_unknown: false,
-                    },
-                    TokenError::InvalidResponse { .. } | TokenError::Credential { .. } => {
-                        Failure::Token {
-                            error: "",
-                            retryable: err.is_retryable(),
-                        }
-                    }
-                };
                 // Messages stay queued while the credentials are fixed or Entra recovers.
-                return Outcome::failure(failure, tries, None, err.to_string());
+                let reason = err.to_string();
+                return Sent::Done(Outcome::failure(token_failure(&err), tries, None, reason));
             }
         };
-        match client.send_mail(&token, sender, body.clone()).await {
+        match client
+            .send_mail(&token, sender, content_type, body.clone())
+            .await
+        {
             Ok(accepted) => {
-                tracing::debug!(
+                // Info, not debug: JSON sendMail cannot carry the Message-ID, so this line is
+                // what links the original Message-ID to Graph's request-id in message trace.
+                tracing::info!(
                     request_id = accepted.request_id.as_deref().unwrap_or(""),
                     client_request_id = %accepted.client_request_id,
                     "Graph accepted the message"
                 );
-                return Outcome::Delivered;
+                return Sent::Done(Outcome::Delivered);
             }
+            Err(err) if err.is_request_too_large() => return Sent::TooLarge(err),
             Err(err) => {
-                let failure = match &err {
-                    GraphError::Refused { status, code, .. } => Failure::Graph {
-                        status: *status,
-                        code,
-                    },
-                    GraphError::Unreachable {
-                        outcome_unknown, ..
-                    } => Failure::Unreachable {
-                        outcome_unknown: *outcome_unknown,
-                    },
-                };
-                let outcome = Outcome::failure(failure, tries, err.retry_after(), err.to_string());
+                let outcome = Outcome::failure(
+                    graph_failure(&err),
+                    tries,
+                    err.retry_after(),
+                    err.to_string(),
+                );
                 if matches!(
                     outcome,
                     Outcome::NotDelivered {
@@ -211,7 +392,7 @@ async fn send(
                     tries += 1;
                     continue;
                 }
-                return outcome;
+                return Sent::Done(outcome);
             }
         }
     }

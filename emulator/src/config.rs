@@ -22,6 +22,11 @@ pub struct EmulatorConfig {
     /// Keep every accepted message for [`crate::Emulator::accepted`]; load benchmarks turn it
     /// off and only count, so memory stays flat.
     pub record_accepted: bool,
+    /// The tenant's message size limit in bytes (Exchange's default 35 MiB, at most 150 MiB):
+    /// larger messages get `ErrorMessageSizeExceeded`.
+    pub max_message_size: usize,
+    /// How long an attachment upload session's URL stays valid (`expirationDateTime`).
+    pub upload_session_lifetime: Duration,
 }
 
 /// An Entra tenant.
@@ -85,6 +90,8 @@ impl Default for EmulatorConfig {
             graph_resource: "https://graph.microsoft.com".to_owned(),
             max_concurrent_per_mailbox: None,
             record_accepted: true,
+            max_message_size: 35 * 1024 * 1024,
+            upload_session_lifetime: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -45,8 +45,15 @@ pub async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Resp
         client_request_id,
     };
     let path = request.uri().path().to_owned();
-    match serve(&shared, request).await {
-        Ok(()) => with_ids(StatusCode::ACCEPTED.into_response(), &ids),
+    let result = if crate::drafts::is_draft_route(request.method(), &path) {
+        crate::drafts::serve(&shared, request).await
+    } else {
+        serve(&shared, request)
+            .await
+            .map(|()| StatusCode::ACCEPTED.into_response())
+    };
+    match result {
+        Ok(response) => with_ids(response, &ids),
         Err(e) => {
             shared.record_graph_rejection(Rejection {
                 path,
@@ -143,7 +150,10 @@ fn route(method: &Method, path: &str) -> Result<Route, GraphError> {
     }
 }
 
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<IssuedToken, GraphError> {
+pub(crate) fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<IssuedToken, GraphError> {
     let unauthenticated = |message: &str| {
         GraphError::new(
             StatusCode::UNAUTHORIZED,
@@ -217,6 +227,14 @@ async fn serve(shared: &Arc<Shared>, request: Request) -> Result<(), GraphError>
     }
     if body.len() > MAX_REQUEST_BYTES {
         return Err(too_large());
+    }
+    // base64 MIME or JSON: the message is at least three quarters of the request.
+    if body.len() / 4 * 3 > shared.config.max_message_size {
+        return Err(GraphError::new(
+            StatusCode::BAD_REQUEST,
+            "ErrorMessageSizeExceeded",
+            "The message exceeds the maximum supported size.",
+        ));
     }
     let same = |a: &String| a.eq_ignore_ascii_case(&mailbox);
     if !token.roles.iter().any(|r| r == "Mail.Send") && !token.rbac_mailboxes.iter().any(same) {
@@ -299,7 +317,7 @@ async fn serve(shared: &Arc<Shared>, request: Request) -> Result<(), GraphError>
     Ok(())
 }
 
-fn too_large() -> GraphError {
+pub(crate) fn too_large() -> GraphError {
     GraphError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "RequestEntityTooLarge",

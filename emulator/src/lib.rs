@@ -20,6 +20,7 @@
 
 mod config;
 mod control;
+mod drafts;
 mod entra;
 mod graph;
 mod message;
@@ -140,6 +141,16 @@ impl Emulator {
     /// Counters, including the maximum concurrent sendMail requests per mailbox.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Drafts created and neither sent nor deleted.
+    pub fn open_drafts(&self) -> usize {
+        self.shared.drafts.open()
+    }
+
+    /// Drafts deleted with `DELETE /users/{id}/messages/{id}`.
+    pub fn deleted_drafts(&self) -> usize {
+        self.shared.drafts.deleted()
     }
 
     /// Makes every token issued so far fail at Graph with 401, as if it had expired.

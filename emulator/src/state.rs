@@ -169,6 +169,8 @@ struct Inner {
 pub struct Shared {
     pub config: EmulatorConfig,
     inner: Mutex<Inner>,
+    /// Drafts and upload sessions of the large-message path.
+    pub drafts: crate::drafts::Drafts,
 }
 
 impl Shared {
@@ -176,6 +178,7 @@ impl Shared {
         Self {
             config,
             inner: Mutex::new(Inner::default()),
+            drafts: crate::drafts::Drafts::default(),
         }
     }
 

@@ -63,6 +63,12 @@ pub fn graph_date() -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}")
 }
 
+/// Graph's `expirationDateTime` format, `secs` after the epoch: `2025-01-01T01:00:00.0000000Z`.
+pub fn graph_expiry(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.0000000Z")
+}
+
 /// Percent-decodes `s`; with `plus_is_space`, also form-decodes `+`. Invalid escapes stay literal.
 pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();

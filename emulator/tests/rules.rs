@@ -520,7 +520,7 @@ async fn me_and_unknown_routes_refused() {
         "/me request is only valid with delegated authentication flow."
     );
     for path in [
-        "/users/billing@contoso.com/messages",
+        "/users/billing@contoso.com/events",
         "/users//sendMail",
         "/users/x/sendMail/extra",
     ] {

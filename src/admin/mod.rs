@@ -224,9 +224,21 @@ fn test_message(from: &str, to: &str) -> Vec<u8> {
 /// Configuration problems (exit 78).
 pub async fn test_mail(config: &Config, from: &str, to: &str) -> anyhow::Result<Report> {
     let provider = provider(config)?;
-    let converted = crate::convert::convert(&test_message(from, to), from, &[to.to_string()])
-        .map_err(|err| anyhow::anyhow!("cannot build the test message: {err}"))?;
-    let body = serde_json::to_vec(&converted.request)?;
+    // The message goes through the same conversion as relayed mail (format, sender mode).
+    let arrival = crate::convert::Arrival {
+        queue_id: "test-mail",
+        received_at: crate::queue::spool::now_ms() as i64 / 1000,
+    };
+    let options = config.graph.convert_options(&config.smtp.hostname);
+    let converted = crate::convert::convert(
+        &test_message(from, to),
+        from,
+        &[to.to_string()],
+        arrival,
+        &options,
+    )
+    .map_err(|err| anyhow::anyhow!("cannot build the test message: {err}"))?;
+    let (content_type, body) = converted.http_body();
     let client = GraphClient::new(http_client(&config.graph)?, config.graph.endpoint.clone());
     let mut retried = false;
     loop {
@@ -236,7 +248,7 @@ pub async fn test_mail(config: &Config, from: &str, to: &str) -> anyhow::Result<
         };
         let mut text = String::new();
         match client
-            .send_mail(&token, &converted.sender, body.clone())
+            .send_mail(&token, &converted.sender, content_type, body.clone())
             .await
         {
             Ok(accepted) => {
@@ -325,14 +337,22 @@ mod tests {
     #[test]
     fn the_test_message_converts_to_one_recipient_from_the_mailbox() {
         let raw = test_message("scanner@contoso.com", "alice@example.com");
+        let arrival = crate::convert::Arrival {
+            queue_id: "test-mail",
+            received_at: 0,
+        };
         let converted = crate::convert::convert(
             &raw,
             "scanner@contoso.com",
             &["alice@example.com".to_string()],
+            arrival,
+            &crate::convert::Options::default(),
         )
         .unwrap();
         assert_eq!(converted.sender, "scanner@contoso.com");
-        let json = serde_json::to_value(&converted.request).unwrap();
+        let (content_type, body) = converted.http_body();
+        assert_eq!(content_type, "application/json");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             json["message"]["toRecipients"][0]["emailAddress"]["address"],
             "alice@example.com"

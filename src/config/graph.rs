@@ -1,10 +1,22 @@
-//! `[graph]`: where and how the Microsoft Graph `sendMail` requests go.
+//! `[graph]`: where and how the Microsoft Graph `sendMail` requests go, and in what form
+//! (`format`, `sender`, the size ladder) messages are handed over.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, check_endpoint};
+use crate::convert::{self, Format, SenderMode, Unparseable};
+
+/// Exchange Online's largest configurable message size, and Graph's per-file upload limit.
+pub const MAX_UPLOAD_MESSAGE_SIZE: u64 = 150 * 1024 * 1024;
+/// Graph's per-request limit (microsoft-graph.md §3).
+pub const MAX_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest raw message whose single request fits in [`MAX_REQUEST_BYTES`]: base64 (of the
+/// whole message in MIME, of the attachments in JSON) grows data by a third, and the relay adds
+/// headers (Received, Bcc, Message-ID) or JSON framing, for which 64 KiB are kept free. The
+/// request is measured again after conversion.
+pub const SINGLE_REQUEST_RAW_LIMIT: u64 = MAX_REQUEST_BYTES / 4 * 3 - 64 * 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +37,46 @@ pub struct GraphConfig {
     /// The content of `ca_file`, read at load.
     #[serde(skip)]
     pub ca_pem: Option<Vec<u8>>,
+    /// `json` (converted to Graph's message resource) or `mime` (the whole message, base64).
+    pub format: Format,
+    /// Graph's `saveToSentItems`; JSON format only, MIME sendMail always saves.
+    pub save_to_sent_items: bool,
+    /// Which mailbox to send as: `header` (From), `envelope` (MAIL FROM) or `fixed`.
+    pub sender: SenderKind,
+    /// The mailbox for `sender = "fixed"`; the original From is kept as Reply-To.
+    pub fixed_sender: String,
+    /// Comma-separated `X-` header names to carry in JSON format (at most five, in this order);
+    /// empty carries the message's first five `X-` headers.
+    pub x_headers: String,
+    /// Data without a header section: `mime` (wrapped and delivered) or `refuse` (`554 5.6.0`).
+    pub unparseable: Unparseable,
+    /// Messages too large for one 4 MiB request: `refuse` at DATA, or `upload` through a draft
+    /// and upload sessions (needs Mail.ReadWrite).
+    pub large_messages: LargeMessages,
+    /// Largest message, in bytes, under `large_messages = "upload"`: the tenant's limit
+    /// (Exchange's default 35 MiB, at most 150 MiB).
+    pub max_message_size: u64,
+}
+
+/// `graph.sender` as written in the file; [`GraphConfig::convert_options`] adds the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderKind {
+    #[default]
+    Header,
+    Envelope,
+    Fixed,
+}
+
+/// `graph.large_messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LargeMessages {
+    /// The SMTP size limit stays below what one request can carry.
+    #[default]
+    Refuse,
+    /// Draft, upload sessions for large attachments, then send.
+    Upload,
 }
 
 impl Default for GraphConfig {
@@ -36,6 +88,14 @@ impl Default for GraphConfig {
             proxy: None,
             ca_file: None,
             ca_pem: None,
+            format: Format::Json,
+            save_to_sent_items: true,
+            sender: SenderKind::Header,
+            fixed_sender: String::new(),
+            x_headers: String::new(),
+            unparseable: Unparseable::Mime,
+            large_messages: LargeMessages::Refuse,
+            max_message_size: 35 * 1024 * 1024,
         }
     }
 }
@@ -103,7 +163,98 @@ impl GraphConfig {
                 "must not be shorter than graph.connect_timeout",
             ));
         }
+        self.validate_fidelity()
+    }
+
+    fn validate_fidelity(&self) -> Result<(), ConfigError> {
+        if !self.save_to_sent_items && self.format == Format::Mime {
+            return Err(ConfigError::new(
+                "graph.save_to_sent_items",
+                "false is impossible with graph.format = \"mime\": MIME sendMail always saves to \
+                 Sent Items; use graph.format = \"json\" or remove graph.save_to_sent_items",
+            ));
+        }
+        let fixed = self.fixed_sender.trim();
+        if self.sender == SenderKind::Fixed && fixed.is_empty() {
+            return Err(ConfigError::new(
+                "graph.fixed_sender",
+                "must name the mailbox to send as when graph.sender = \"fixed\"",
+            ));
+        }
+        if !fixed.is_empty() && (!fixed.contains('@') || fixed.contains(char::is_whitespace)) {
+            return Err(ConfigError::new(
+                "graph.fixed_sender",
+                format!("{fixed:?} is not a mailbox address"),
+            ));
+        }
+        let names = self.x_header_names();
+        if names.len() > convert::MAX_X_HEADERS {
+            return Err(ConfigError::new(
+                "graph.x_headers",
+                format!(
+                    "names {} headers; Graph carries at most {}",
+                    names.len(),
+                    convert::MAX_X_HEADERS
+                ),
+            ));
+        }
+        if let Some(bad) = names.iter().find(|n| {
+            !n.to_ascii_lowercase().starts_with("x-")
+                || n.len() < 3
+                || n.chars().any(|c| !c.is_ascii_graphic() || c == ':')
+        }) {
+            return Err(ConfigError::new(
+                "graph.x_headers",
+                format!(
+                    "{bad:?} is not an X- header name (Graph accepts only names starting with x-)"
+                ),
+            ));
+        }
+        if !(1..=MAX_UPLOAD_MESSAGE_SIZE).contains(&self.max_message_size) {
+            return Err(ConfigError::new(
+                "graph.max_message_size",
+                format!(
+                    "must be between 1 and {MAX_UPLOAD_MESSAGE_SIZE} bytes (150 MiB, Exchange's maximum)"
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The EHLO SIZE and DATA limit: the smaller of `smtp.max_message_size` and what
+    /// `large_messages` can deliver (one request, or `graph.max_message_size` by upload).
+    pub fn size_limit(&self, smtp_max_message_size: u64) -> u64 {
+        let graph = match self.large_messages {
+            LargeMessages::Refuse => SINGLE_REQUEST_RAW_LIMIT,
+            LargeMessages::Upload => self.max_message_size,
+        };
+        smtp_max_message_size.min(graph)
+    }
+
+    /// `x_headers` split at commas.
+    fn x_header_names(&self) -> Vec<String> {
+        self.x_headers
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// What [`convert::convert`] needs; `hostname` is `smtp.hostname`.
+    pub fn convert_options(&self, hostname: &str) -> convert::Options {
+        convert::Options {
+            format: self.format,
+            save_to_sent_items: self.save_to_sent_items,
+            sender: match self.sender {
+                SenderKind::Header => SenderMode::Header,
+                SenderKind::Envelope => SenderMode::Envelope,
+                SenderKind::Fixed => SenderMode::Fixed(self.fixed_sender.trim().to_owned()),
+            },
+            x_headers: self.x_header_names(),
+            unparseable: self.unparseable,
+            hostname: hostname.to_owned(),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub use auth::{
     read_secret_file, select_profile,
 };
 pub use graph::GraphConfig;
+pub use graph::{LargeMessages, MAX_REQUEST_BYTES, SINGLE_REQUEST_RAW_LIMIT, SenderKind};
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
 pub use queue::QueueConfig;

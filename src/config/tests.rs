@@ -351,6 +351,31 @@ fn every_documented_key_can_be_set_from_the_environment() {
             c.graph.proxy.as_ref().map(url::Url::as_str) == Some("http://proxy.example:3128/")
         }),
         ("graph.ca_file", ca_path, |c| c.graph.ca_pem.is_some()),
+        ("graph.format", "mime", |c| {
+            c.graph.format == crate::convert::Format::Mime
+        }),
+        // false is refused together with format = "mime"; `fidelity_keys` sets it alone.
+        ("graph.save_to_sent_items", "true", |c| {
+            c.graph.save_to_sent_items
+        }),
+        ("graph.sender", "fixed", |c| {
+            c.graph.sender == graph::SenderKind::Fixed
+        }),
+        ("graph.fixed_sender", "scanner@contoso.com", |c| {
+            c.graph.fixed_sender == "scanner@contoso.com"
+        }),
+        ("graph.x_headers", "X-Legacy-App, x-mailer", |c| {
+            c.graph.convert_options("h").x_headers == ["X-Legacy-App", "x-mailer"]
+        }),
+        ("graph.unparseable", "refuse", |c| {
+            c.graph.unparseable == crate::convert::Unparseable::Refuse
+        }),
+        ("graph.large_messages", "upload", |c| {
+            c.graph.large_messages == graph::LargeMessages::Upload
+        }),
+        ("graph.max_message_size", "104857600", |c| {
+            c.graph.max_message_size == 104_857_600
+        }),
         ("queue.dir", "/tmp/graph-relay-test-spool", |c| {
             c.queue.dir() == Path::new("/tmp/graph-relay-test-spool")
         }),
@@ -750,4 +775,67 @@ fn wildcard_listen_addresses_are_reached_on_loopback() {
     for (listen, reached) in cases {
         assert_eq!(connectable(listen.parse().unwrap()).to_string(), reached);
     }
+}
+
+#[test]
+fn fidelity_keys() {
+    let config = load(&[("GRAPH_RELAY_GRAPH__SAVE_TO_SENT_ITEMS", "false")]).unwrap();
+    assert!(!config.graph.save_to_sent_items);
+    assert!(!config.graph.convert_options("h").save_to_sent_items);
+
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let refused: &[Case<'_>] = &[
+        (
+            &[
+                ("GRAPH_RELAY_GRAPH__FORMAT", "mime"),
+                ("GRAPH_RELAY_GRAPH__SAVE_TO_SENT_ITEMS", "false"),
+            ],
+            &["graph.save_to_sent_items", "graph.format"],
+        ),
+        (&[("GRAPH_RELAY_GRAPH__FORMAT", "eml")], &["format"]),
+        (
+            &[("GRAPH_RELAY_GRAPH__SENDER", "fixed")],
+            &["graph.fixed_sender"],
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__FIXED_SENDER", "scanner")],
+            &["graph.fixed_sender"],
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__X_HEADERS", "X-A,X-B,X-C,X-D,X-E,X-F")],
+            &["graph.x_headers", "at most 5"],
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__X_HEADERS", "List-Unsubscribe")],
+            &["graph.x_headers", "List-Unsubscribe"],
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__MAX_MESSAGE_SIZE", "157286401")],
+            &["graph.max_message_size"],
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__LARGE_MESSAGES", "split")],
+            &["large_messages"],
+        ),
+    ];
+    for (pairs, needles) in refused {
+        let text = load(pairs).expect_err(&format!("{pairs:?}")).to_string();
+        for needle in *needles {
+            assert!(text.contains(needle), "{pairs:?}: {text:?} lacks {needle}");
+        }
+    }
+}
+
+#[test]
+fn size_limit_is_the_smaller_of_smtp_and_the_ladder() {
+    const MIB: u64 = 1024 * 1024;
+    let config = load(&[]).unwrap();
+    // refuse: base64 of 3 MiB is exactly 4 MiB; the relay keeps 64 KiB for its headers.
+    assert_eq!(config.graph.size_limit(25 * MIB), 3 * MIB - 64 * 1024);
+    assert_eq!(config.graph.size_limit(MIB), MIB);
+    let config = load(&[("GRAPH_RELAY_GRAPH__LARGE_MESSAGES", "upload")]).unwrap();
+    assert_eq!(config.graph.size_limit(200 * MIB), 35 * MIB);
+    assert_eq!(config.graph.size_limit(25 * MIB), 25 * MIB);
+    // 40 MB is above the default ceiling: refused at DATA.
+    assert!(config.graph.size_limit(200 * MIB) < 40_000_000);
 }

@@ -67,7 +67,7 @@ fn keep_in_envelope<'a>(
 
 /// A header address as a Graph recipient, or `None` when it has no usable address (a bare
 /// group name or display-name-only junk).
-fn recipient(addr: &Addr<'_>) -> Option<Recipient> {
+pub(super) fn recipient(addr: &Addr<'_>) -> Option<Recipient> {
     let address = addr.address()?.trim();
     if !address.contains('@') {
         return None;

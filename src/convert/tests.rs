@@ -4,7 +4,8 @@
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::{Value, json};
 
-use super::{ConvertError, Converted, convert};
+use super::{Arrival, ConvertError, Converted, Options, Outgoing, convert};
+use crate::graph::model::SendMailRequest;
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -12,13 +13,38 @@ macro_rules! fixture {
     };
 }
 
+/// Fixed arrival facts: 2023-11-14T22:13:20Z.
+pub(super) const ARRIVAL: Arrival<'static> = Arrival {
+    queue_id: "01HF7YAT00TESTQUEUEID00000",
+    received_at: 1_700_000_000,
+};
+
 fn run(raw: &[u8], mail_from: &str, rcpt_to: &[&str]) -> Result<Converted, ConvertError> {
-    let rcpt_to: Vec<String> = rcpt_to.iter().map(|r| r.to_string()).collect();
-    convert(raw, mail_from, &rcpt_to)
+    run_with(raw, mail_from, rcpt_to, &Options::default())
 }
 
-fn to_json(converted: &Converted) -> Value {
-    serde_json::to_value(&converted.request).expect("request serialises")
+pub(super) fn run_with(
+    raw: &[u8],
+    mail_from: &str,
+    rcpt_to: &[&str],
+    options: &Options,
+) -> Result<Converted, ConvertError> {
+    let rcpt_to: Vec<String> = rcpt_to.iter().map(|r| r.to_string()).collect();
+    convert(raw, mail_from, &rcpt_to, ARRIVAL, options)
+}
+
+impl Converted {
+    /// The JSON request; panics for MIME.
+    pub(super) fn request(&self) -> &SendMailRequest {
+        match &self.outgoing {
+            Outgoing::Json(request) => request,
+            Outgoing::Mime(_) => panic!("expected JSON, got MIME"),
+        }
+    }
+}
+
+pub(super) fn to_json(converted: &Converted) -> Value {
+    serde_json::to_value(converted.request()).expect("request serialises")
 }
 
 /// One whole conversion: input, expected sender and the exact JSON Graph receives.
@@ -196,8 +222,9 @@ fn every_envelope_recipient_appears_exactly_once() {
     for case in cases() {
         let message = run(case.raw, case.mail_from, case.rcpt_to)
             .unwrap()
-            .request
-            .message;
+            .request()
+            .message
+            .clone();
         let mut sent: Vec<String> = [
             message.to_recipients,
             message.cc_recipients,
@@ -279,7 +306,7 @@ fn binary_attachment_with_rfc2231_name_round_trips() {
 #[test]
 fn attachments_keep_names_types_and_exact_bytes() {
     let converted = run(fixture!("attachments-misc.eml"), "", &["bob@example.net"]).unwrap();
-    let message = converted.request.message;
+    let message = converted.request().message.clone();
     assert_eq!(message.body.content, "<p>Report</p>");
 
     let got: Vec<(&str, &str, Vec<u8>)> = message
@@ -303,7 +330,8 @@ fn attachments_keep_names_types_and_exact_bytes() {
             b"%PDF-1.4 fake".to_vec(),
         ),
         (
-            "attachment-3.eml",
+            // No filename: the attached message's Subject, as an .eml file.
+            "Forwarded.eml",
             "message/rfc822",
             b"From: carol@example.com\r\nSubject: Forwarded\r\n\r\nInner body".to_vec(),
         ),
@@ -319,7 +347,7 @@ fn serialised_names_are_graphs() {
         &["bob@example.net", "hidden@example.net"],
     )
     .unwrap();
-    let text = serde_json::to_string(&converted.request).unwrap();
+    let text = serde_json::to_string(converted.request()).unwrap();
     for needle in [
         r#"{"message":{"subject":"Attachment","body":{"contentType":"Text","#,
         r#""toRecipients":[{"emailAddress":{"address":"bob@example.net"}}]"#,
@@ -333,14 +361,23 @@ fn serialised_names_are_graphs() {
         assert!(!text.contains(absent), "{absent} in {text}");
     }
     let html = run(fixture!("alternative.eml"), "", &["bob@example.net"]).unwrap();
-    let text = serde_json::to_string(&html.request).unwrap();
+    let text = serde_json::to_string(html.request()).unwrap();
     assert!(text.contains(r#""contentType":"HTML""#), "{text}");
 }
 
 #[test]
 fn save_to_sent_items_serialises_as_boolean() {
-    let mut converted = run(fixture!("html-only.eml"), "", &["bob@example.net"]).unwrap();
-    converted.request.save_to_sent_items = Some(false);
+    let options = Options {
+        save_to_sent_items: false,
+        ..Options::default()
+    };
+    let converted = run_with(
+        fixture!("html-only.eml"),
+        "",
+        &["bob@example.net"],
+        &options,
+    )
+    .unwrap();
     assert_eq!(to_json(&converted)["saveToSentItems"], json!(false));
 }
 
@@ -399,8 +436,12 @@ fn permanent_errors() {
             variant: "NoRecipients",
         },
     ];
+    let refuse = Options {
+        unparseable: super::Unparseable::Refuse,
+        ..Options::default()
+    };
     for case in cases {
-        let error = run(case.raw, case.mail_from, case.rcpt_to).expect_err(case.name);
+        let error = run_with(case.raw, case.mail_from, case.rcpt_to, &refuse).expect_err(case.name);
         assert_eq!(format!("{error:?}"), case.variant, "{}", case.name);
         assert!(!error.is_retryable(), "{}", case.name);
     }

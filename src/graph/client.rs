@@ -95,6 +95,22 @@ impl GraphError {
         }
     }
 
+    /// Graph rejected the token itself: fetch a new one.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, Self::Refused { status: 401, .. })
+    }
+
+    /// Graph refused the request for its size (413, or 400 "maximum request length"): the
+    /// message needs the draft and upload-session path.
+    pub fn is_request_too_large(&self) -> bool {
+        match self {
+            Self::Refused {
+                status, message, ..
+            } => *status == 413 || message.contains("maximum request length"),
+            Self::Unreachable { .. } => false,
+        }
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Refused { retry_after, .. } => *retry_after,
@@ -116,8 +132,8 @@ struct ErrorDetail {
 }
 
 pub struct GraphClient {
-    http: reqwest::Client,
-    endpoint: url::Url,
+    pub(super) http: reqwest::Client,
+    pub(super) endpoint: url::Url,
 }
 
 impl GraphClient {
@@ -125,7 +141,7 @@ impl GraphClient {
         Self { http, endpoint }
     }
 
-    /// Sends one sendMail request body (`application/json`).
+    /// Sends one sendMail request body: `application/json`, or `text/plain` for base64 MIME.
     ///
     /// # Errors
     /// Graph refused the request or could not be reached; see [`GraphError::is_retryable`].
@@ -133,6 +149,7 @@ impl GraphClient {
         &self,
         token: &AccessToken,
         sender: &str,
+        content_type: &str,
         body: Vec<u8>,
     ) -> Result<Accepted, GraphError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
@@ -141,7 +158,7 @@ impl GraphClient {
             .http
             .post(send_mail_url(&self.endpoint, sender))
             .header(AUTHORIZATION, format!("Bearer {}", token.secret()))
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, content_type)
             .header("client-request-id", &client_request_id)
             .body(body)
             .send()
@@ -170,23 +187,30 @@ impl GraphClient {
             x_ms_ags_diagnostic = header_text(&headers, "x-ms-ags-diagnostic").unwrap_or_default(),
             "Graph refused the request"
         );
-        let body = response.bytes().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(parsed) => (parsed.error.code, parsed.error.message),
-            Err(_) => (
-                "(no Graph error body)".to_string(),
-                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-            ),
-        };
-        Err(GraphError::Refused {
-            status,
-            code,
-            message,
-            request_id,
-            retry_after: header_text(&headers, RETRY_AFTER.as_str())
-                .as_deref()
-                .and_then(|value| parse_retry_after(value, std::time::SystemTime::now())),
-        })
+        Err(refusal(response).await)
+    }
+}
+
+/// A non-success answer as [`GraphError::Refused`], with Graph's error code and message.
+pub(super) async fn refusal(response: reqwest::Response) -> GraphError {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(parsed) => (parsed.error.code, parsed.error.message),
+        Err(_) => (
+            "(no Graph error body)".to_string(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    GraphError::Refused {
+        status,
+        code,
+        message,
+        request_id: header_text(&headers, "request-id"),
+        retry_after: header_text(&headers, RETRY_AFTER.as_str())
+            .as_deref()
+            .and_then(|value| parse_retry_after(value, std::time::SystemTime::now())),
     }
 }
 
@@ -282,6 +306,17 @@ mod tests {
         for status in [401, 408, 429, 500, 502, 503, 504] {
             assert!(refused(status).is_retryable(), "{status}");
         }
+        // The size refusals that send a message down the upload path.
+        assert!(refused(413).is_request_too_large());
+        let too_long = GraphError::Refused {
+            status: 400,
+            code: "BadRequest".into(),
+            message: "The maximum request length supported is 4MB.".into(),
+            request_id: None,
+            retry_after: None,
+        };
+        assert!(too_long.is_request_too_large());
+        assert!(!refused(400).is_request_too_large());
         assert!(
             GraphError::Unreachable {
                 reason: "reset".into(),

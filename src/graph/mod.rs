@@ -6,3 +6,4 @@ pub mod client;
 pub mod dry_run;
 pub mod model;
 pub mod token;
+pub mod upload;

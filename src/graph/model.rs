@@ -33,7 +33,35 @@ pub struct Message {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bcc_recipients: Vec<Recipient>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reply_to: Vec<Recipient>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub importance: Option<Importance>,
+    /// Set only when the sender asked (`Return-Receipt-To`), so Graph's default stays otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_delivery_receipt_requested: bool,
+    /// Set only when the sender asked (`Disposition-Notification-To`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_read_receipt_requested: bool,
+    /// Custom `X-` headers; Graph takes at most five and only `x-` names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub internet_message_headers: Vec<InternetMessageHeader>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<FileAttachment>,
+}
+
+/// `importance`; Graph compares case-insensitively and its samples use capitals.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Importance {
+    Low,
+    Normal,
+    High,
+}
+
+/// `internetMessageHeader`: one custom header, set at creation only.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct InternetMessageHeader {
+    pub name: String,
+    pub value: String,
 }
 
 /// `itemBody`: the message body and whether it is HTML.
@@ -79,6 +107,12 @@ pub struct FileAttachment {
     pub content_type: String,
     /// Standard (padded, unwrapped) base64 of the decoded attachment bytes.
     pub content_bytes: String,
+    /// The part's Content-ID without angle brackets, which `cid:` URLs in the body refer to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+    /// An inline part (an image the HTML body shows), not a file the reader opens.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_inline: bool,
 }
 
 impl FileAttachment {
@@ -91,6 +125,8 @@ impl FileAttachment {
             name,
             content_type,
             content_bytes,
+            content_id: None,
+            is_inline: false,
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct EntryMeta {
     pub next_attempt_at_ms: u64,
     /// Why the last attempt did not deliver, or why the entry failed.
     pub last_error: Option<String>,
+    /// The Graph draft of an upload in progress, written before its first upload so the
+    /// orphan draft is deleted before a retry after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -420,6 +424,7 @@ impl Spool {
             attempts: 0,
             next_attempt_at_ms: now_ms(),
             last_error: None,
+            draft_id: None,
         };
         let used = self.used.fetch_add(incoming.size, Ordering::Relaxed);
         if let Some(max) = self.max_size

@@ -2,11 +2,11 @@
 //! One test binary; each area adds a module beside this file.
 
 mod delivery;
+mod fidelity;
 mod identity;
 mod operations;
-mod support;
-
 mod smtp;
+mod support;
 
 use std::time::Duration;
 

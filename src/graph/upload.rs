@@ -1,0 +1,355 @@
+//! The draft path for messages too large for one request (microsoft-graph.md §3, example C):
+//! create a draft, post the attachments that did not fit it, stream each large attachment
+//! through its own upload session in chunks of at most 4 MiB, then send the draft. Called by
+//! [`crate::delivery`] with a [`crate::convert::UploadPlan`]; needs `Mail.ReadWrite` besides
+//! `Mail.Send`.
+
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+
+use super::client::{Accepted, GraphClient, GraphError, refusal};
+use super::model::{FileAttachment, Message};
+use super::token::{AccessToken, error_chain};
+use crate::convert::{LargeAttachment, UploadPlan};
+
+/// Largest chunk per PUT: Graph's per-request limit.
+pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+/// `uploadSession` (and the shorter answer to an intermediate PUT, whose expiry Graph spells
+/// `ExpirationDateTime`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadSession {
+    #[serde(default)]
+    upload_url: Option<String>,
+    #[serde(default)]
+    next_expected_ranges: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentItem<'a> {
+    attachment_type: &'static str,
+    name: &'a str,
+    size: usize,
+    content_type: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_inline: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_id: Option<&'a str>,
+}
+
+/// The start offset of the first of `nextExpectedRanges` (`"4194304"` or `"4194304-"`).
+fn next_offset(ranges: &[String]) -> Option<usize> {
+    let first = ranges.first()?;
+    first.split('-').next()?.trim().parse().ok()
+}
+
+fn unreachable(err: &reqwest::Error) -> GraphError {
+    GraphError::Unreachable {
+        reason: error_chain(err),
+        // Only a failed connect proves Graph never saw the request.
+        outcome_unknown: !err.is_connect(),
+    }
+}
+
+impl GraphClient {
+    /// `{endpoint}/users/{sender}/messages[/{draft}[/{tail...}]]`.
+    fn messages_url(&self, sender: &str, tail: &[&str]) -> url::Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .extend(["users", sender, "messages"])
+                .extend(tail);
+        }
+        url
+    }
+
+    async fn post_json(
+        &self,
+        token: &AccessToken,
+        url: url::Url,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, GraphError> {
+        let response = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, format!("Bearer {}", token.secret()))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(refusal(response).await)
+        }
+    }
+
+    /// Creates the draft and returns its id.
+    ///
+    /// # Errors
+    /// Graph refused (e.g. 403 without Mail.ReadWrite) or could not be reached.
+    pub async fn create_draft(
+        &self,
+        token: &AccessToken,
+        sender: &str,
+        draft: &Message,
+    ) -> Result<String, GraphError> {
+        let body = serde_json::to_vec(draft).expect("message always serialises");
+        let response = self
+            .post_json(token, self.messages_url(sender, &[]), body)
+            .await?;
+        let created: Created = response.json().await.map_err(|e| unreachable(&e))?;
+        Ok(created.id)
+    }
+
+    /// Adds one small attachment to the draft.
+    ///
+    /// # Errors
+    /// Graph refused or could not be reached.
+    pub async fn add_attachment(
+        &self,
+        token: &AccessToken,
+        sender: &str,
+        draft_id: &str,
+        attachment: &FileAttachment,
+    ) -> Result<(), GraphError> {
+        let body = serde_json::to_vec(attachment).expect("attachment always serialises");
+        let url = self.messages_url(sender, &[draft_id, "attachments"]);
+        self.post_json(token, url, body).await.map(drop)
+    }
+
+    /// Uploads one large attachment through an upload session: chunks of at most 4 MiB, from
+    /// where `nextExpectedRanges` says, without the Authorization header (the URL carries its
+    /// own token). A session that expired or vanished is replaced once by a new one.
+    ///
+    /// # Errors
+    /// Graph refused or could not be reached.
+    pub async fn upload_attachment(
+        &self,
+        token: &AccessToken,
+        sender: &str,
+        draft_id: &str,
+        attachment: &LargeAttachment,
+    ) -> Result<(), GraphError> {
+        let mut renewed = false;
+        loop {
+            let upload_url = self
+                .create_upload_session(token, sender, draft_id, attachment)
+                .await?;
+            match self.put_chunks(&upload_url, &attachment.bytes).await {
+                Err(GraphError::Refused { status: 404, .. }) if !renewed => renewed = true,
+                other => return other,
+            }
+        }
+    }
+
+    async fn create_upload_session(
+        &self,
+        token: &AccessToken,
+        sender: &str,
+        draft_id: &str,
+        attachment: &LargeAttachment,
+    ) -> Result<String, GraphError> {
+        let item = AttachmentItem {
+            attachment_type: "file",
+            name: &attachment.name,
+            size: attachment.bytes.len(),
+            content_type: &attachment.content_type,
+            is_inline: attachment.is_inline,
+            content_id: attachment.content_id.as_deref(),
+        };
+        let body = serde_json::to_vec(&serde_json::json!({ "AttachmentItem": item }))
+            .expect("item always serialises");
+        let url = self.messages_url(sender, &[draft_id, "attachments", "createUploadSession"]);
+        let response = self.post_json(token, url, body).await?;
+        let session: UploadSession = response.json().await.map_err(|e| unreachable(&e))?;
+        session.upload_url.ok_or_else(|| GraphError::Refused {
+            status: 502,
+            code: "(no uploadUrl)".into(),
+            message: "createUploadSession answered without an uploadUrl".into(),
+            request_id: None,
+            retry_after: None,
+        })
+    }
+
+    /// PUTs `bytes` to `upload_url` in order; each answer says where to continue.
+    async fn put_chunks(&self, upload_url: &str, bytes: &[u8]) -> Result<(), GraphError> {
+        let total = bytes.len();
+        let mut offset = 0;
+        while offset < total {
+            let end = (offset + MAX_CHUNK).min(total);
+            // One chunk is copied into the request body: at most 4 MiB besides the message.
+            let response = self
+                .http
+                .put(upload_url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_RANGE, format!("bytes {offset}-{}/{total}", end - 1))
+                .body(bytes[offset..end].to_vec())
+                .send()
+                .await
+                .map_err(|e| unreachable(&e))?;
+            match response.status().as_u16() {
+                201 => return Ok(()),
+                200 => {
+                    let session: UploadSession =
+                        response.json().await.map_err(|e| unreachable(&e))?;
+                    // Resume where Graph says, which is `end` unless a chunk went missing.
+                    offset = next_offset(&session.next_expected_ranges).unwrap_or(end);
+                }
+                _ => return Err(refusal(response).await),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the draft (`202`).
+    ///
+    /// # Errors
+    /// Graph refused (e.g. ErrorMessageSizeExceeded) or could not be reached.
+    pub async fn send_draft(
+        &self,
+        token: &AccessToken,
+        sender: &str,
+        draft_id: &str,
+    ) -> Result<Accepted, GraphError> {
+        let client_request_id = uuid::Uuid::new_v4().to_string();
+        let response = self
+            .http
+            .post(self.messages_url(sender, &[draft_id, "send"]))
+            .header(AUTHORIZATION, format!("Bearer {}", token.secret()))
+            .header("client-request-id", &client_request_id)
+            .header(reqwest::header::CONTENT_LENGTH, "0")
+            .send()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        if response.status().as_u16() == 202 {
+            let request_id = response
+                .headers()
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Ok(Accepted {
+                request_id,
+                client_request_id,
+            });
+        }
+        Err(refusal(response).await)
+    }
+
+    /// Deletes a draft; one that is already gone counts as deleted.
+    ///
+    /// # Errors
+    /// Graph refused or could not be reached.
+    pub async fn delete_draft(
+        &self,
+        token: &AccessToken,
+        sender: &str,
+        draft_id: &str,
+    ) -> Result<(), GraphError> {
+        let response = self
+            .http
+            .delete(self.messages_url(sender, &[draft_id]))
+            .header(AUTHORIZATION, format!("Bearer {}", token.secret()))
+            .send()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        match response.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(refusal(response).await),
+        }
+    }
+}
+
+/// Why the draft path did not deliver.
+#[derive(Debug)]
+pub enum UploadFailure {
+    /// Graph refused or could not be reached at some step.
+    Graph(GraphError),
+    /// The draft id could not be written to the spool; nothing was uploaded.
+    Persist(String),
+}
+
+/// The whole draft path for one message. `orphan` is a draft id left by an earlier attempt
+/// (deleted first, so a crash never leads to two drafts or a half-sent one); `persist` records
+/// the new draft id before anything is uploaded. On failure the new draft is deleted (best
+/// effort; a draft that survives is found through the spool's draft id next time).
+///
+/// # Errors
+/// [`UploadFailure`]; [`GraphError::is_retryable`] tells whether a retry can help.
+pub async fn send_by_upload(
+    client: &GraphClient,
+    token: &AccessToken,
+    plan: &UploadPlan,
+    orphan: Option<&str>,
+    persist: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<Accepted, UploadFailure> {
+    let sender = plan.sender.as_str();
+    if let Some(orphan) = orphan {
+        client
+            .delete_draft(token, sender, orphan)
+            .await
+            .map_err(UploadFailure::Graph)?;
+    }
+    let draft_id = client
+        .create_draft(token, sender, &plan.draft)
+        .await
+        .map_err(UploadFailure::Graph)?;
+    let result = match persist(&draft_id) {
+        Err(err) => Err(UploadFailure::Persist(err)),
+        Ok(()) => fill_and_send(client, token, plan, &draft_id)
+            .await
+            .map_err(UploadFailure::Graph),
+    };
+    if result.is_err()
+        && let Err(err) = client.delete_draft(token, sender, &draft_id).await
+    {
+        tracing::warn!(draft_id, error = %err, "could not delete the unsent draft");
+    }
+    result
+}
+
+async fn fill_and_send(
+    client: &GraphClient,
+    token: &AccessToken,
+    plan: &UploadPlan,
+    draft_id: &str,
+) -> Result<Accepted, GraphError> {
+    let sender = plan.sender.as_str();
+    for attachment in &plan.separate {
+        client
+            .add_attachment(token, sender, draft_id, attachment)
+            .await?;
+    }
+    for attachment in &plan.large {
+        client
+            .upload_attachment(token, sender, draft_id, attachment)
+            .await?;
+    }
+    client.send_draft(token, sender, draft_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_expected_ranges() {
+        let ranges = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(next_offset(&ranges(&["0-"])), Some(0));
+        assert_eq!(next_offset(&ranges(&["4194304"])), Some(4_194_304));
+        assert_eq!(
+            next_offset(&ranges(&["8388608-10485759", "x"])),
+            Some(8_388_608)
+        );
+        assert_eq!(next_offset(&ranges(&[])), None);
+    }
+}
