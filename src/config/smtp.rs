@@ -72,7 +72,8 @@ impl Default for SmtpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
             hostname: "localhost".into(),
-            max_message_size: 25 * 1024 * 1024,
+            // Graph's own ceiling (150 MiB); `graph.size_limit` lowers it to what Graph takes.
+            max_message_size: 150 * 1024 * 1024,
             max_recipients: GRAPH_MAX_RECIPIENTS,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),

@@ -203,6 +203,21 @@ impl Reply {
     /// The disk is full or the spool is over `queue.max_size`: the client should try later.
     pub const SPOOL_FULL: Reply = reply(452, (4, 3, 1), "Queue full, try again later");
 
+    /// A refusal the converter decided at the end of DATA (no mailbox to send as, data without
+    /// headers): its code, enhanced code and text.
+    pub fn refused_at_data(refusal: &crate::convert::DataRefusal) -> Self {
+        let mut digits = refusal
+            .enhanced
+            .split('.')
+            .map(|d| d.parse::<u8>().unwrap_or(0));
+        let mut next = || digits.next().unwrap_or(0);
+        Self {
+            code: refusal.code,
+            enhanced: Some((next(), next(), next())),
+            text: refusal.text.clone().into(),
+        }
+    }
+
     /// `501` for a syntax error, naming the expected syntax.
     pub fn syntax(expected: &str) -> Self {
         Self {

@@ -84,8 +84,9 @@ struct Transaction {
     transfer_started: Option<Instant>,
     /// The last body byte stored was CR, so an LF that follows is not a bare LF.
     last_cr: bool,
-    /// The message's header block, kept while `sender_policy` must check its From.
-    head: Option<Vec<u8>>,
+    /// The message's header block, for the checks at the end of DATA (sender policy, a usable
+    /// sender for Graph).
+    head: Vec<u8>,
 }
 
 /// What the synchronous parser needs the async shell to do next.
@@ -425,7 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     receiver.ingest(bytes, pending)
                 });
                 tx.take_body(before);
-                if tx.size > self.config.smtp.max_message_size {
+                if tx.size > size_limit(&self.config) {
                     let skip = DummyDataReceiver::new_data(receiver);
                     tx.pending.clear();
                     if done {
@@ -490,25 +491,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         action
     }
 
-    /// The whole message is in: checks its From against `sender_policy`, then commits.
+    /// The whole message is in: checks its From against `sender_policy` and that Graph will have
+    /// a mailbox to send it as, then commits.
     fn complete_message(&mut self) -> Action {
-        let head = self.transaction.as_mut().and_then(|tx| tx.head.take());
-        if let Some(head) = head {
-            let refused = header_from(&head).into_iter().find(|from| {
+        let Some(tx) = self.transaction.as_mut() else {
+            return Action::Commit;
+        };
+        let head = std::mem::take(&mut tx.head);
+        let mail_from = tx.mail_from.clone();
+        let smtp = &self.config.smtp;
+        let refused_from = if smtp.sender_policy.is_empty() {
+            None
+        } else {
+            header_from(&head).into_iter().find(|from| {
                 !policy::sender_allowed(
-                    &self.config.smtp.sender_policy,
+                    &smtp.sender_policy,
                     self.peer.ip(),
                     self.user.as_deref(),
                     from,
                 )
-            });
-            if let Some(from) = refused {
+            })
+        };
+        let refusal = match refused_from {
+            Some(from) => {
                 tracing::warn!(from = %from, "From address refused by sender_policy");
-                self.abort_transaction();
-                self.push(Reply::FROM_REFUSED);
-                self.await_command();
-                return Action::Continue;
+                Some(Reply::FROM_REFUSED)
             }
+            None => {
+                let options = self.config.graph.convert_options(&smtp.hostname);
+                crate::convert::check_at_data(&head, &mail_from, &options).map(|refusal| {
+                    tracing::warn!(reason = %refusal.text, "message refused at DATA");
+                    Reply::refused_at_data(&refusal)
+                })
+            }
+        };
+        if let Some(reply) = refusal {
+            self.abort_transaction();
+            self.push(reply);
+            self.await_command();
+            return Action::Continue;
         }
         Action::Commit
     }
@@ -654,7 +675,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Reply::AUTH_REQUIRED
         } else if self.messages >= smtp.max_messages_per_connection {
             Reply::TOO_MANY_MESSAGES
-        } else if from.size as u64 > smtp.max_message_size {
+        } else if from.size as u64 > size_limit(&self.config) {
             Reply::MESSAGE_TOO_BIG
         } else if !from.address.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
             Reply::NEEDS_SMTPUTF8
@@ -681,7 +702,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Reply::write_ehlo(
                     &mut self.out,
                     &self.config.smtp.hostname,
-                    self.config.smtp.max_message_size,
+                    size_limit(&self.config),
                     offer,
                 );
                 self.helo = Some(host);
@@ -711,7 +732,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         chunking: false,
                         transfer_started: None,
                         last_cr: false,
-                        head: (!self.config.smtp.sender_policy.is_empty()).then(Vec::new),
+                        head: Vec::new(),
                     });
                     self.push(Reply::SENDER_OK);
                 }
@@ -767,7 +788,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 chunk_size,
                 is_last,
             } => {
-                let max = self.config.smtp.max_message_size;
+                let max = size_limit(&self.config);
                 let refusal = match self.transaction.as_mut() {
                     None => Some(Reply::MAIL_FIRST),
                     Some(tx) if tx.rcpt_to.is_empty() => Some(Reply::RCPT_FIRST),
@@ -960,12 +981,9 @@ impl Transaction {
         }
         let added = &self.pending[from..];
         self.size += added.len() as u64;
-        if let Some(head) = self.head.as_mut()
-            && !head.windows(4).any(|w| w == b"\r\n\r\n")
-            && head.len() < BUFFER_SIZE
-        {
-            let room = BUFFER_SIZE - head.len();
-            head.extend_from_slice(&added[..added.len().min(room)]);
+        if !self.head.windows(4).any(|w| w == b"\r\n\r\n") && self.head.len() < BUFFER_SIZE {
+            let room = BUFFER_SIZE - self.head.len();
+            self.head.extend_from_slice(&added[..added.len().min(room)]);
         }
     }
 
@@ -994,6 +1012,12 @@ fn ingest_bounded(
     let consumed = now.len() - limited.as_slice().len();
     *bytes = rest[consumed..].iter();
     done
+}
+
+/// The largest message a session accepts (EHLO SIZE): `smtp.max_message_size`, lowered to what
+/// Graph can take in the configured `graph.large_messages` mode.
+fn size_limit(config: &Config) -> u64 {
+    config.graph.size_limit(config.smtp.max_message_size)
 }
 
 /// The addresses in the From header of a message's header block.

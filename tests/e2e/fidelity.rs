@@ -402,3 +402,85 @@ async fn mime_format_sends_large_messages_as_json_drafts() {
     assert_eq!(sent["attachments"][0]["name"], "big.bin");
     assert!(emulator.rejected().is_empty(), "{:?}", emulator.rejected());
 }
+
+/// The size ladder at the SMTP door: EHLO SIZE is what Graph can take, and a larger message is
+/// refused at DATA with 552 (here 40 MB against the default 35 MB tenant limit of the upload
+/// path, and 4 MB against the one-request limit).
+#[tokio::test]
+async fn messages_above_what_graph_takes_get_552_at_data() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let limit = |relay: &Relay| {
+        let addr = relay.smtp;
+        async move {
+            let mut smtp = SmtpClient::connect(addr).await;
+            let ehlo = smtp.command("EHLO c", "250").await;
+            let size: u64 = ehlo
+                .lines()
+                .find_map(|l| l.strip_prefix("250-SIZE "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no SIZE in {ehlo}"));
+            (smtp, size)
+        }
+    };
+    let refused_at_data = |mut smtp: SmtpClient, bytes: usize| async move {
+        smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
+        smtp.command("RCPT TO:<alice@example.com>", "250").await;
+        smtp.command("DATA", "354").await;
+        let line = format!("{}\r\n", "x".repeat(998));
+        let mut data = format!("From: {MAILBOX}\r\nSubject: big\r\n\r\n");
+        while data.len() < bytes {
+            data.push_str(&line);
+        }
+        smtp.send(&data).await;
+        smtp.send(".\r\n").await;
+        smtp.reply().await
+    };
+
+    // graph.large_messages = "upload", tenant limit 35 MB (graph.max_message_size's default).
+    let relay = Relay::start(
+        &["serve", "--dry-run", dir],
+        &[("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into())],
+    );
+    let (smtp, size) = limit(&relay).await;
+    assert_eq!(size, 35 * 1024 * 1024);
+    let reply = refused_at_data(smtp, 40_000_000).await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    relay.kill();
+
+    // The default: one request of at most 4 MiB, so about 3 MiB of raw message.
+    let relay = Relay::start(&["serve", "--dry-run", dir], &[]);
+    let (smtp, size) = limit(&relay).await;
+    assert!(size < 3 * 1024 * 1024 && size > 2 * 1024 * 1024, "{size}");
+    let reply = refused_at_data(smtp, 4_000_000).await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+}
+
+/// No From header and `MAIL FROM:<>`: nothing to send as, so DATA is refused, not queued.
+#[tokio::test]
+async fn a_message_with_no_sender_at_all_is_refused_at_data() {
+    let out = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&["serve", "--dry-run", out.path().to_str().unwrap()], &[]);
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO c", "250").await;
+    smtp.command("MAIL FROM:<>", "250").await;
+    smtp.command("RCPT TO:<alice@example.com>", "250").await;
+    smtp.command("DATA", "354").await;
+    smtp.send("Subject: no sender\r\n\r\nbody\r\n.\r\n").await;
+    let reply = smtp.reply().await;
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    assert!(reply.contains("From"), "names the missing header: {reply}");
+    // The session goes on, and nothing was queued.
+    smtp.command("NOOP", "250").await;
+    let queued = std::fs::read_dir(out.path().join(".queue"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(queued, 0);
+}
