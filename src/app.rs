@@ -148,7 +148,10 @@ pub async fn run(
     tracing::info!(open_files = ?open_files, mode = ?mode, "SMTP listeners ready");
 
     let metrics = crate::telemetry::install_metrics()?;
-    let health = Arc::new(Health::new(config.queue.dir().to_path_buf()));
+    let health = Arc::new(Health::new(
+        config.queue.dir().to_path_buf(),
+        counters.clone(),
+    ));
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let grace = config.queue.shutdown_grace;

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::UPSTREAM_UP;
+use crate::queue::metrics::Counters;
 
 /// What readiness is made of, updated by the parts that know.
 #[derive(Debug)]
@@ -30,8 +29,8 @@ pub struct Health {
     smtp_listening: AtomicBool,
     stopping: AtomicBool,
     spool_dir: PathBuf,
-    /// Last known state of Entra and Graph per authentication profile: `true` up.
-    upstream: Mutex<BTreeMap<String, bool>>,
+    /// The delivery engine's counters, which know Microsoft's last state per profile.
+    counters: Arc<Counters>,
 }
 
 #[derive(Serialize)]
@@ -45,12 +44,12 @@ struct Readiness {
 }
 
 impl Health {
-    pub fn new(spool_dir: PathBuf) -> Self {
+    pub fn new(spool_dir: PathBuf, counters: Arc<Counters>) -> Self {
         Self {
             smtp_listening: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             spool_dir,
-            upstream: Mutex::new(BTreeMap::new()),
+            counters,
         }
     }
 
@@ -60,17 +59,6 @@ impl Health {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
-    }
-
-    /// Records the outcome of the latest exchange with Microsoft for `profile`.
-    pub fn set_upstream(&self, profile: &str, up: bool) {
-        metrics::gauge!(UPSTREAM_UP, "profile" => profile.to_string()).set(if up {
-            1.0
-        } else {
-            0.0
-        });
-        let mut upstream = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
-        upstream.insert(profile.to_string(), up);
     }
 
     /// Creating and removing a file is the only honest test that the spool accepts writes.
@@ -86,11 +74,10 @@ impl Health {
         let shutting_down = self.stopping.load(Ordering::Acquire);
         let spool_writable = self.spool_writable();
         let upstream = self
-            .upstream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(profile, up)| (profile.clone(), if *up { "up" } else { "down" }))
+            .counters
+            .upstream_states()
+            .into_iter()
+            .map(|(profile, up)| (profile, if up { "up" } else { "down" }))
             .collect();
         Readiness {
             ready: smtp_listening && spool_writable && !shutting_down,
@@ -217,10 +204,11 @@ mod tests {
     #[test]
     fn readiness_needs_listener_and_writable_spool_but_not_microsoft() {
         let dir = tempfile::tempdir().unwrap();
-        let health = Health::new(dir.path().to_path_buf());
+        let counters = Arc::new(Counters::default());
+        let health = Health::new(dir.path().to_path_buf(), counters.clone());
         assert!(!health.readiness().ready, "not listening yet");
         health.set_smtp_listening();
-        health.set_upstream("default", false);
+        counters.upstream("default", false);
         let readiness = health.readiness();
         assert!(
             readiness.ready,
@@ -230,7 +218,7 @@ mod tests {
         health.set_stopping();
         assert!(!health.readiness().ready);
 
-        let gone = Health::new(dir.path().join("missing"));
+        let gone = Health::new(dir.path().join("missing"), counters);
         gone.set_smtp_listening();
         assert!(!gone.readiness().spool_writable);
     }

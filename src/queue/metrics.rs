@@ -2,13 +2,13 @@
 //! reads the totals through the control socket, and every count is also exported to `/metrics`
 //! under the names in [`crate::telemetry`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::telemetry::{
     AMBIGUOUS_RETRIES, CONFIG_FAULTS, GRAPH_THROTTLED, MESSAGES_DELIVERED, MESSAGES_FAILED,
-    MESSAGES_RETRIED, RECIPIENTS_24H,
+    MESSAGES_RETRIED, RECIPIENTS_24H, UPSTREAM_UP,
 };
 
 /// Exchange Online lets one mailbox send to 10,000 recipients per rolling 24 hours.
@@ -54,6 +54,8 @@ pub struct Counters {
     failed: AtomicU64,
     config_faults: AtomicU64,
     recipients: Mutex<HashMap<String, RecipientWindow>>,
+    /// Per authentication profile: did Microsoft answer the last attempt (`/readyz` shows it).
+    upstream: Mutex<BTreeMap<String, bool>>,
 }
 
 impl Counters {
@@ -104,6 +106,26 @@ impl Counters {
                 "mailbox is above 80% of Exchange's 10,000 recipients per 24 hours; beyond it Exchange refuses its mail"
             );
         }
+    }
+
+    /// Whether Microsoft answered the latest attempt through `profile` (an error answer counts as
+    /// an answer; unreachable endpoints and 5xx outages do not).
+    pub fn upstream(&self, profile: &str, up: bool) {
+        metrics::gauge!(UPSTREAM_UP, "profile" => profile.to_string()).set(if up {
+            1.0
+        } else {
+            0.0
+        });
+        let mut upstream = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        upstream.insert(profile.to_string(), up);
+    }
+
+    /// The latest [`Counters::upstream`] state of every profile.
+    pub fn upstream_states(&self) -> BTreeMap<String, bool> {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Graph answered 429 or 503 for this mailbox.

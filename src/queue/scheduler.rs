@@ -675,11 +675,30 @@ impl<A: Attempt> Worker<A> {
     async fn deliver(self, lane: Lane, mut meta: EntryMeta) -> Report {
         let outcome = self.attempt.attempt(&meta).await;
         meta.attempts += 1;
+        let answered = !matches!(
+            outcome,
+            Outcome::NotDelivered {
+                class: Class::Transient | Class::Ambiguous,
+                ..
+            }
+        );
+        self.counters.upstream(&lane.profile, answered);
         let id = meta.id;
         let spool = self.spool.clone();
         let (class, retry_after, reason) = match outcome {
             Outcome::Delivered => {
                 self.counters.delivered();
+                tracing::info!(
+                    event = "message_delivered",
+                    queue_id = %id,
+                    client = %meta.envelope.client,
+                    mail_from = %meta.envelope.mail_from,
+                    recipients = %meta.envelope.rcpt_to.join(","),
+                    mailbox = %lane.mailbox,
+                    attempts = meta.attempts,
+                    queued_ms = self.clock.now_ms().saturating_sub(meta.envelope.received_at_ms),
+                    "message delivered"
+                );
                 self.counters.recipients(
                     &lane.mailbox,
                     meta.envelope.rcpt_to.len(),

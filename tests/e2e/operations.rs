@@ -83,6 +83,14 @@ async fn metrics_and_health_endpoints_report_real_traffic() {
         1.0,
         "{metrics}"
     );
+    assert_eq!(
+        sample(&metrics, "graph_relay_upstream_up{profile=\"[auth]\"}"),
+        1.0,
+        "{metrics}"
+    );
+    let (_, body) = get(relay.http, "/readyz").await;
+    let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(readiness["upstream"]["[auth]"], "up", "{body}");
 }
 
 #[tokio::test]
