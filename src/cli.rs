@@ -51,9 +51,9 @@ pub enum Command {
         /// Recipient address.
         #[arg(long, value_name = "ADDR")]
         to: String,
-        /// Mailbox to send as.
+        /// Mailbox to send as (default: graph.fixed_sender).
         #[arg(long, value_name = "MAILBOX")]
-        from: String,
+        from: Option<String>,
     },
     /// Ask the running relay whether it is alive (exit 0) or, with --ready, ready for mail.
     Health {
@@ -154,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::TestMail { ref to, ref from } => {
             admin_check(cli.config.as_deref(), &env, |config| async move {
-                crate::admin::test_mail(&config, from, to).await
+                crate::admin::test_mail(&config, from.as_deref(), to).await
             })
         }
         Command::Sendmail { .. } => unreachable!("handled before clap's error path"),

@@ -180,27 +180,44 @@ pub async fn test_auth(config: &Config) -> anyhow::Result<Report> {
         claims.roles.join(", ")
     };
     let _ = writeln!(text, "roles: {roles}");
-    if claims.has_role("Mail.Send") {
+    let upload = config.graph.large_messages == crate::config::LargeMessages::Upload;
+    let send = claims.has_role("Mail.Send");
+    let read_write = !upload || claims.has_role("Mail.ReadWrite");
+    if send {
+        let _ = writeln!(text, "Mail.Send: granted.");
+    } else {
         let _ = writeln!(
             text,
-            "Mail.Send: granted. Next: graph-relay test-mail --to ADDR --from MAILBOX"
+            "Mail.Send: NOT in the token. Two possible causes:\n  1. admin consent was not granted: API permissions -> Microsoft Graph -> Application permission Mail.Send -> Grant admin consent;\n  2. sending is granted only through Exchange RBAC for Applications (\"Application Mail.Send\" role assignment), whose tokens may carry no role although sending works."
         );
+    }
+    if upload {
+        if read_write {
+            let _ = writeln!(
+                text,
+                "Mail.ReadWrite: granted (graph.large_messages = \"upload\")."
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "Mail.ReadWrite: NOT in the token, but graph.large_messages = \"upload\" needs it for drafts and upload sessions: grant the application permission Mail.ReadWrite with admin consent, or the Exchange RBAC role \"Application Mail.ReadWrite\" scoped to the sending mailboxes (such tokens may carry no role)."
+            );
+        }
+    }
+    if send && read_write {
+        let _ = writeln!(text, "Next: graph-relay test-mail --to ADDR --from MAILBOX");
         return Ok(Report { text, exit: 0 });
     }
-    let _ = writeln!(
-        text,
-        "Mail.Send: NOT in the token. Two possible causes:\n  1. admin consent was not granted: API permissions -> Microsoft Graph -> Application permission Mail.Send -> Grant admin consent;\n  2. sending is granted only through Exchange RBAC for Applications (\"Application Mail.Send\" role assignment), whose tokens may carry no role although sending works."
-    );
     if config.auth.rbac_only {
         let _ = writeln!(
             text,
-            "auth.rbac_only = true: treating cause 2 as intended. Confirm with graph-relay test-mail --to ADDR --from MAILBOX"
+            "auth.rbac_only = true: treating missing roles as granted through Exchange RBAC for Applications. Confirm with graph-relay test-mail --to ADDR --from MAILBOX"
         );
         Ok(Report { text, exit: 0 })
     } else {
         let _ = writeln!(
             text,
-            "If cause 2 is your setup, set auth.rbac_only = true and confirm with test-mail."
+            "If the roles are granted through Exchange RBAC for Applications, set auth.rbac_only = true and confirm with test-mail."
         );
         Ok(Report {
             text,
@@ -218,11 +235,23 @@ fn test_message(from: &str, to: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `graph-relay test-mail --to ADDR --from MAILBOX`: sends one real message.
+/// `graph-relay test-mail --to ADDR [--from MAILBOX]`: sends one real message, from `--from`,
+/// else `graph.fixed_sender`.
 ///
 /// # Errors
-/// Configuration problems (exit 78).
-pub async fn test_mail(config: &Config, from: &str, to: &str) -> anyhow::Result<Report> {
+/// Configuration problems, no sender among them (exit 78).
+pub async fn test_mail(config: &Config, from: Option<&str>, to: &str) -> anyhow::Result<Report> {
+    let from = match from {
+        Some(from) => from,
+        None if !config.graph.fixed_sender.is_empty() => &config.graph.fixed_sender,
+        None => {
+            return Err(ConfigError::new(
+                "--from",
+                "no mailbox to send as: give --from MAILBOX or set graph.fixed_sender",
+            )
+            .into());
+        }
+    };
     let provider = provider(config)?;
     // The message goes through the same conversion as relayed mail (format, sender mode).
     let arrival = crate::convert::Arrival {

@@ -410,6 +410,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             State::SkipData(receiver, reply) => {
                 if receiver.ingest(bytes) {
                     let reply = reply.clone();
+                    let (size, mail_from) = self
+                        .transaction
+                        .as_ref()
+                        .map_or((0, ""), |tx| (tx.size, tx.mail_from.as_str()));
+                    tracing::info!(
+                        reply = reply.code,
+                        reason = reply.text(),
+                        size,
+                        mail_from,
+                        "message refused"
+                    );
                     self.state = State::Command(RequestReceiver::default());
                     self.abort_transaction();
                     self.push(reply);

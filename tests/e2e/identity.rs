@@ -829,3 +829,45 @@ async fn sighup_applies_a_corrected_auth_section() {
         relay.logs()
     );
 }
+
+#[tokio::test]
+async fn test_auth_checks_mail_read_write_when_the_upload_path_is_on() {
+    let emulator = start(config_with(|_| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = graph_env(&emulator, dir.path());
+    env.push(("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into()));
+    let (code, out, _) = relay_command(&["test-auth"], env.clone()).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("Mail.Send: granted"), "{out}");
+    assert!(out.contains("Mail.ReadWrite: NOT in the token"), "{out}");
+
+    let emulator = start(config_with(|c| {
+        c.tenants[0].apps[0].roles = vec!["Mail.Send".into(), "Mail.ReadWrite".into()];
+    }))
+    .await;
+    let mut env = graph_env(&emulator, dir.path());
+    env.push(("GRAPH_RELAY_GRAPH__LARGE_MESSAGES".into(), "upload".into()));
+    let (code, out, _) = relay_command(&["test-auth"], env).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Mail.ReadWrite: granted"), "{out}");
+}
+
+#[tokio::test]
+async fn test_mail_sends_from_the_fixed_sender_when_no_from_is_given() {
+    let emulator = start(config_with(|_| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = graph_env(&emulator, dir.path());
+    let (code, _, err) =
+        relay_command(&["test-mail", "--to", "alice@example.com"], env.clone()).await;
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("--from") && err.contains("graph.fixed_sender"),
+        "{err}"
+    );
+
+    let mut env = env;
+    env.push(("GRAPH_RELAY_GRAPH__FIXED_SENDER".into(), MAILBOX.into()));
+    let (code, out, err) = relay_command(&["test-mail", "--to", "alice@example.com"], env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(accepted_messages(&emulator)[0].0, MAILBOX);
+}
