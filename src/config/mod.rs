@@ -22,7 +22,7 @@ pub use auth::{
 pub use graph::GraphConfig;
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
-pub use queue::QueueConfig;
+pub use queue::{AckMode, QueueConfig};
 pub use smtp::SmtpConfig;
 pub use smtp::{
     ClientSpec, Domain, ListenerConfig, ListenerMode, MAIN_LISTENER, Network, SenderPattern,

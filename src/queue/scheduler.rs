@@ -3,7 +3,8 @@
 //! counts: at most `queue.mailbox_concurrency` requests in flight per lane, lanes served in
 //! turn, a lane paused by Retry-After or a configuration fault while the others keep flowing.
 //! Each worker applies its own outcome to the spool before it reports, so a delivered message
-//! leaves the spool straight after Graph's `202`.
+//! leaves the spool straight after Graph's `202`. An entry whose SMTP session waits for it
+//! (acknowledgement modes `synchronous` and `hybrid`) carries a [`Watcher`] to its first attempt.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::ack::{self, Claimed, Verdict, Wait, Watch, Watcher};
 use super::metrics::Counters;
 use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
 use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
@@ -136,6 +138,7 @@ impl DeleteError {
 #[derive(Clone)]
 pub struct QueueHandle {
     entries: mpsc::UnboundedSender<EntryMeta>,
+    watched: mpsc::UnboundedSender<(EntryMeta, Watcher)>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -144,13 +147,29 @@ impl QueueHandle {
     /// its control requests go nowhere.
     pub fn channel() -> (Self, mpsc::UnboundedReceiver<EntryMeta>) {
         let (entries, rx) = mpsc::unbounded_channel();
+        let (watched, _) = mpsc::unbounded_channel();
         let (commands, _) = mpsc::unbounded_channel();
-        (Self { entries, commands }, rx)
+        (
+            Self {
+                entries,
+                watched,
+                commands,
+            },
+            rx,
+        )
     }
 
     pub fn enqueue(&self, meta: EntryMeta) {
         // After shutdown the scheduler is gone; the entry is on disk and found at the next start.
         let _ = self.entries.send(meta);
+    }
+
+    /// Enqueues an entry whose session waits for its first attempt; see [`Watch::verdict`].
+    pub fn enqueue_watched(&self, meta: EntryMeta, wait: Wait) -> Watch {
+        let (watch, watcher) = ack::watch(wait);
+        // After shutdown the watcher is dropped with the message: the session's wait ends.
+        let _ = self.watched.send((meta, watcher));
+        watch
     }
 
     /// Sends a control request; `false` when the scheduler has stopped.
@@ -176,6 +195,7 @@ pub struct Scheduler<A> {
     clock: Clock,
     counters: Arc<Counters>,
     entries: mpsc::UnboundedReceiver<EntryMeta>,
+    watched: mpsc::UnboundedReceiver<(EntryMeta, Watcher)>,
     commands: mpsc::UnboundedReceiver<Command>,
 }
 
@@ -203,6 +223,7 @@ impl<A: Attempt> Scheduler<A> {
         counters: Arc<Counters>,
     ) -> (Self, QueueHandle) {
         let (entries_tx, entries) = mpsc::unbounded_channel();
+        let (watched_tx, watched) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let scheduler = Self {
             spool,
@@ -212,10 +233,12 @@ impl<A: Attempt> Scheduler<A> {
             clock,
             counters,
             entries,
+            watched,
             commands,
         };
         let handle = QueueHandle {
             entries: entries_tx,
+            watched: watched_tx,
             commands: commands_tx,
         };
         (scheduler, handle)
@@ -258,6 +281,7 @@ impl<A: Attempt> Scheduler<A> {
                 && let Some((lane, meta)) = lanes.next(now)
             {
                 held.in_flight.insert(meta.id, meta.clone());
+                let watcher = held.watchers.remove(&meta.id);
                 let worker = Worker {
                     spool: self.spool.clone(),
                     attempt: self.attempt.clone(),
@@ -267,7 +291,7 @@ impl<A: Attempt> Scheduler<A> {
                 };
                 let tx = report_tx.clone();
                 workers.spawn(async move {
-                    let _ = tx.send(worker.deliver(lane, meta).await);
+                    let _ = tx.send(worker.deliver(lane, meta, watcher).await);
                 });
             }
             let wake = [waiting.next_at(), lanes.next_wake(now)]
@@ -278,9 +302,17 @@ impl<A: Attempt> Scheduler<A> {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(meta) = self.entries.recv() => waiting.push(meta, None),
+                Some((meta, watcher)) = self.watched.recv() => {
+                    held.watchers.insert(meta.id, watcher);
+                    waiting.push(meta, None);
+                }
                 Some(command) = self.commands.recv() => {
                     // Entries committed before the request was made are part of its answer.
                     while let Ok(meta) = self.entries.try_recv() {
+                        waiting.push(meta, None);
+                    }
+                    while let Ok((meta, watcher)) = self.watched.try_recv() {
+                        held.watchers.insert(meta.id, watcher);
                         waiting.push(meta, None);
                     }
                     self.command(command, &mut waiting, &mut lanes, &mut held);
@@ -376,6 +408,8 @@ impl<A: Attempt> Scheduler<A> {
                 {
                     Err(DeleteError::InFlight(id))
                 } else if waiting.remove(id) || lanes.remove(id) || held.remove_unresolved(id) {
+                    // A session waiting for it stops waiting (and answers as its mode says).
+                    held.watchers.remove(&id);
                     self.spool.remove(id).map(|()| true).map_err(Into::into)
                 } else {
                     Ok(false)
@@ -402,6 +436,8 @@ struct Held {
     resolving: HashMap<QueueId, EntryMeta>,
     /// Being attempted.
     in_flight: HashMap<QueueId, EntryMeta>,
+    /// Sessions waiting for an entry's first attempt.
+    watchers: HashMap<QueueId, Watcher>,
 }
 
 impl Held {
@@ -671,11 +707,22 @@ struct Worker<A> {
 }
 
 impl<A: Attempt> Worker<A> {
-    /// Attempts one delivery and records the outcome in the spool before reporting it.
-    async fn deliver(self, lane: Lane, mut meta: EntryMeta) -> Report {
+    /// Attempts one delivery and records the outcome in the spool before reporting it. With a
+    /// watcher, the session waiting for this first attempt is told the verdict, unless it
+    /// stopped waiting first and so decided the entry's fate itself.
+    async fn deliver(self, lane: Lane, mut meta: EntryMeta, watcher: Option<Watcher>) -> Report {
+        let id = meta.id;
+        if watcher.as_ref().is_some_and(Watcher::dropped) {
+            tracing::info!(queue_id = %id, "not attempted: its SMTP client was told to try again");
+            return Report::done(lane, id, false);
+        }
         let outcome = self.attempt.attempt(&meta).await;
         meta.attempts += 1;
-        let id = meta.id;
+        let (watcher, dropped) = match watcher.map(Watcher::claim) {
+            Some(Claimed::Worker(watcher)) => (Some(watcher), false),
+            Some(Claimed::Dropped) => (None, true),
+            Some(Claimed::Kept) | None => (None, false),
+        };
         let spool = self.spool.clone();
         let (class, retry_after, reason) = match outcome {
             Outcome::Delivered => {
@@ -685,16 +732,15 @@ impl<A: Attempt> Worker<A> {
                     meta.envelope.rcpt_to.len(),
                     self.clock.now_ms(),
                 );
-                let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
-                log_spool_result(id, result);
-                return Report::Done {
-                    lane,
-                    id,
-                    delivered: true,
-                    retry: None,
-                    pause: None,
-                    fault: None,
-                };
+                // A dropped entry's files are gone already.
+                if !dropped {
+                    let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
+                    log_spool_result(id, result);
+                }
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Delivered);
+                }
+                return Report::done(lane, id, true);
             }
             Outcome::NotDelivered {
                 class,
@@ -717,6 +763,37 @@ impl<A: Attempt> Worker<A> {
             }
             _ => None,
         };
+        let pause = match &decision {
+            Decision::Retry { pause, .. } => *pause,
+            Decision::Fail { .. } => None,
+        };
+        // Entries whose client was told to try again are not kept: the client sends them again.
+        let not_kept = dropped
+            || (watcher.as_ref().map(Watcher::wait) == Some(Wait::Synchronous)
+                && matches!(decision, Decision::Retry { .. }));
+        if not_kept {
+            tracing::info!(
+                queue_id = %id,
+                mailbox = %lane.mailbox,
+                %reason,
+                "not delivered; its SMTP client was told to try again, so it is not kept"
+            );
+            if !dropped {
+                let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
+                log_spool_result(id, result);
+            }
+            if let Some(watcher) = watcher {
+                watcher.tell(Verdict::TryLater);
+            }
+            return Report::Done {
+                lane,
+                id,
+                delivered: false,
+                retry: None,
+                pause,
+                fault,
+            };
+        }
         match decision {
             Decision::Retry { at_ms, pause } => {
                 self.counters.retried();
@@ -738,6 +815,9 @@ impl<A: Attempt> Worker<A> {
                 let persisted = meta.clone();
                 let result = tokio::task::spawn_blocking(move || spool.update(&persisted)).await;
                 log_spool_result(id, result);
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Queued);
+                }
                 Report::Done {
                     lane,
                     id,
@@ -763,15 +843,25 @@ impl<A: Attempt> Worker<A> {
                 let failed = meta.clone();
                 let result = tokio::task::spawn_blocking(move || spool.fail(&failed)).await;
                 log_spool_result(id, result);
-                Report::Done {
-                    lane,
-                    id,
-                    delivered: false,
-                    retry: None,
-                    pause: None,
-                    fault: None,
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Refused);
                 }
+                Report::done(lane, id, false)
             }
+        }
+    }
+}
+
+impl Report {
+    /// An attempt that leaves nothing to retry and pauses nothing.
+    fn done(lane: Lane, id: QueueId, delivered: bool) -> Self {
+        Self::Done {
+            lane,
+            id,
+            delivered,
+            retry: None,
+            pause: None,
+            fault: None,
         }
     }
 }

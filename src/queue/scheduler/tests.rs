@@ -139,6 +139,31 @@ fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
 impl Harness {
     /// Commits a message from `mailbox` to the spool and hands it to the scheduler.
     fn submit(&self, mailbox: &str) -> QueueId {
+        let meta = self.commit(mailbox);
+        let id = meta.id;
+        self.queue.enqueue(meta);
+        id
+    }
+
+    /// Like [`Harness::submit`], for a session that waits up to `limit` as `wait` says; returns
+    /// the id and the session's answer to come.
+    fn submit_watched(
+        &self,
+        mailbox: &str,
+        wait: Wait,
+        limit: Duration,
+    ) -> (QueueId, tokio::task::JoinHandle<Verdict>) {
+        let meta = self.commit(mailbox);
+        let id = meta.id;
+        let watch = self.queue.enqueue_watched(meta, wait);
+        let spool = self.spool.clone();
+        (
+            id,
+            tokio::spawn(async move { watch.verdict(limit, &spool, id).await }),
+        )
+    }
+
+    fn commit(&self, mailbox: &str) -> EntryMeta {
         let mut incoming = self.spool.receive().unwrap();
         self.spool
             .append(&mut incoming, b"Subject: x\r\n\r\nx\r\n")
@@ -156,9 +181,19 @@ impl Harness {
             )
             .unwrap();
         meta.next_attempt_at_ms = self.clock.now_ms();
-        let id = meta.id;
-        self.queue.enqueue(meta);
-        id
+        meta
+    }
+
+    fn is_queued(&self, id: QueueId) -> bool {
+        self.spool.read_body(id).is_ok()
+    }
+
+    fn is_failed(&self, id: QueueId) -> bool {
+        self.spool
+            .failed_entries()
+            .unwrap()
+            .iter()
+            .any(|meta| meta.id == id)
     }
 
     async fn list(&self) -> Vec<EntryView> {
@@ -476,4 +511,142 @@ fn count(counters: &Counters, name: &str) -> u64 {
         .iter()
         .find(|(n, _)| *n == name)
         .map_or(0, |(_, v)| *v)
+}
+
+fn refused() -> Outcome {
+    Outcome::NotDelivered {
+        class: Class::Permanent,
+        retry_after: None,
+        reason: "HTTP 400 ErrorInvalidRecipients".into(),
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test(start_paused = true)]
+async fn synchronous_answers_follow_the_first_attempt_and_only_delivered_or_refused_stay() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    attempt.answer("later@contoso.com", throttled(30_000));
+    attempt.answer("refused@contoso.com", refused());
+    let h = start(attempt.clone(), LIMITS);
+    let (ok, ok_answer) = h.submit_watched("ok@contoso.com", Wait::Synchronous, WAIT);
+    let (later, later_answer) = h.submit_watched("later@contoso.com", Wait::Synchronous, WAIT);
+    let (bad, bad_answer) = h.submit_watched("refused@contoso.com", Wait::Synchronous, WAIT);
+    assert_eq!(ok_answer.await.unwrap(), Verdict::Delivered);
+    assert_eq!(later_answer.await.unwrap(), Verdict::TryLater);
+    assert_eq!(bad_answer.await.unwrap(), Verdict::Refused);
+    assert!(!h.is_queued(ok));
+    assert!(!h.is_queued(later), "told to try again: not kept");
+    assert!(!h.is_failed(later));
+    assert!(h.is_failed(bad), "a refusal goes to failed/ as usual");
+    // Long after the Retry-After: the message the client must resend was never retried.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(attempt.attempts("later@contoso.com").len(), 1);
+    assert!(h.list().await.is_empty());
+    assert_eq!(count(&h.counters, crate::telemetry::MESSAGES_RETRIED), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_answers_delivered_refused_or_queued_and_keeps_what_it_queued() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    attempt.answer("later@contoso.com", throttled(30_000));
+    attempt.answer("refused@contoso.com", refused());
+    let h = start(attempt.clone(), LIMITS);
+    let (ok, ok_answer) = h.submit_watched("ok@contoso.com", Wait::Hybrid, WAIT);
+    let (later, later_answer) = h.submit_watched("later@contoso.com", Wait::Hybrid, WAIT);
+    let (bad, bad_answer) = h.submit_watched("refused@contoso.com", Wait::Hybrid, WAIT);
+    assert_eq!(ok_answer.await.unwrap(), Verdict::Delivered);
+    assert_eq!(later_answer.await.unwrap(), Verdict::Queued);
+    assert_eq!(bad_answer.await.unwrap(), Verdict::Refused);
+    assert!(!h.is_queued(ok));
+    assert!(h.is_queued(later), "acknowledged: kept for its retry");
+    assert!(h.is_failed(bad));
+    h.drained(Duration::from_secs(60)).await;
+    assert_eq!(attempt.attempts("later@contoso.com").len(), 2);
+    assert!(!h.is_queued(later), "delivered by its retry");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_acknowledges_a_slow_attempt_as_queued_and_the_worker_finishes_it() {
+    let attempt = Scripted::new(Duration::from_secs(8));
+    attempt.answer("slow@contoso.com", throttled(1_000));
+    let h = start(attempt.clone(), LIMITS);
+    let (id, answer) = h.submit_watched("slow@contoso.com", Wait::Hybrid, WAIT);
+    let started = Instant::now();
+    assert_eq!(answer.await.unwrap(), Verdict::Queued);
+    assert_eq!(
+        started.elapsed(),
+        WAIT,
+        "answered at the wait, not at Graph's answer"
+    );
+    assert!(h.is_queued(id));
+    // The 429 that comes after the answer is an ordinary retry of a queued message.
+    h.drained(Duration::from_secs(60)).await;
+    assert_eq!(attempt.attempts("slow@contoso.com").len(), 2);
+    assert!(!h.is_queued(id));
+    assert_eq!(count(&h.counters, crate::telemetry::MESSAGES_DELIVERED), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_synchronous_session_that_gives_up_mid_attempt_leaves_nothing_queued() {
+    // Graph answers after the session gave up: delivered or not, the worker must neither
+    // keep nor retry the message (its client was told 4xx), nor fail on the removed files.
+    let attempt = Scripted::new(Duration::from_secs(8));
+    attempt.answer("later@contoso.com", throttled(1_000));
+    let h = start(attempt.clone(), LIMITS);
+    let (ok, ok_answer) = h.submit_watched("ok@contoso.com", Wait::Synchronous, WAIT);
+    let (later, later_answer) = h.submit_watched("later@contoso.com", Wait::Synchronous, WAIT);
+    assert_eq!(ok_answer.await.unwrap(), Verdict::TimedOut);
+    assert_eq!(later_answer.await.unwrap(), Verdict::TimedOut);
+    assert!(
+        !h.is_queued(ok) && !h.is_queued(later),
+        "removed at the 4xx"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(attempt.attempts("ok@contoso.com").len(), 1);
+    assert_eq!(
+        attempt.attempts("later@contoso.com").len(),
+        1,
+        "not retried"
+    );
+    assert!(h.list().await.is_empty());
+    assert!(h.spool.failed_entries().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_synchronous_message_given_up_while_its_mailbox_is_paused_is_never_attempted() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(60_000));
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (id, answer) = h.submit_watched("a@contoso.com", Wait::Synchronous, WAIT);
+    assert_eq!(answer.await.unwrap(), Verdict::TimedOut);
+    assert!(!h.is_queued(id));
+    h.drained(Duration::from_secs(120)).await;
+    assert_eq!(
+        attempt.attempts("a@contoso.com").len(),
+        2,
+        "the 429 and its retry; the abandoned message never went out"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_session_gets_an_answer_when_its_message_is_deleted() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(3_600_000));
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (id, answer) = h.submit_watched("a@contoso.com", Wait::Hybrid, Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (tx, rx) = oneshot::channel();
+    h.queue.command(Command::Delete(id, tx));
+    assert!(rx.await.unwrap().unwrap());
+    let started = Instant::now();
+    assert_eq!(answer.await.unwrap(), Verdict::Queued);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "did not wait out its limit"
+    );
 }
