@@ -22,6 +22,7 @@ use crate::graph::client::{GraphClient, http_client};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
 use crate::http::Health;
+use crate::queue::dsn::Reporter;
 use crate::queue::metrics::Counters;
 use crate::queue::retry::{RetryPolicy, RetryPolicyError};
 use crate::queue::scheduler::{Clock, Limits, Scheduler};
@@ -127,6 +128,10 @@ pub async fn run(
         Clock::system(),
         counters.clone(),
     );
+    let scheduler = match &config.queue.dsn_from {
+        Some(from) => scheduler.with_dsn(Reporter::new(from, &config.smtp.hostname)),
+        None => scheduler,
+    };
 
     // The operations endpoint first: its address is logged before the SMTP listeners'.
     let http_listen = config.http.listen;

@@ -61,6 +61,9 @@ pub struct QueueConfig {
     /// acknowledged as queued. (`synchronous` waits up to `smtp.data_timeout`.)
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// When set, the envelope sender of each message moved to `failed/` gets a delivery status
+    /// notification (RFC 3464) sent from this mailbox through Graph; never for `MAIL FROM:<>`.
+    pub dsn_from: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -77,6 +80,7 @@ impl Default for QueueConfig {
             shutdown_grace: Duration::from_secs(25),
             ack_mode: AckMode::Queued,
             ack_wait: Duration::from_secs(5),
+            dsn_from: None,
         }
     }
 }
@@ -129,6 +133,14 @@ impl QueueConfig {
         }
         if self.ack_wait.is_zero() {
             return Err(ConfigError::new("queue.ack_wait", "must be longer than 0s"));
+        }
+        if let Some(from) = &self.dsn_from
+            && !crate::queue::dsn::is_plain_address(from)
+        {
+            return Err(ConfigError::new(
+                "queue.dsn_from",
+                "must be a plain mailbox address such as postmaster@contoso.com",
+            ));
         }
         Ok(())
     }

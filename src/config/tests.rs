@@ -382,6 +382,9 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("queue.ack_wait", "2s", |c| {
             c.queue.ack_wait == Duration::from_secs(2)
         }),
+        ("queue.dsn_from", "postmaster@contoso.com", |c| {
+            c.queue.dsn_from.as_deref() == Some("postmaster@contoso.com")
+        }),
         ("log.format", "json", |c| c.log.format == LogFormat::Json),
     ];
     let table_keys: BTreeSet<String> = table.iter().map(|(key, ..)| key.to_string()).collect();
@@ -565,6 +568,10 @@ fn bad_values_name_their_key() {
         ),
         (&[("GRAPH_RELAY_QUEUE__MAX_SIZE", "0")], "queue.max_size"),
         (&[("GRAPH_RELAY_QUEUE__ACK_WAIT", "0s")], "queue.ack_wait"),
+        (
+            &[("GRAPH_RELAY_QUEUE__DSN_FROM", "Postmaster <pm@contoso.com>")],
+            "queue.dsn_from",
+        ),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
         (
             &[("GRAPH_RELAY_SMTP__TLS__MIN_VERSION", "1.1")],

@@ -7,6 +7,7 @@
 pub mod ack;
 pub mod cli;
 pub mod control;
+pub mod dsn;
 pub mod metrics;
 pub mod retry;
 pub mod scheduler;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ack::{self, Claimed, Verdict, Wait, Watch, Watcher};
+use super::dsn::{Cause, Reporter};
 use super::metrics::Counters;
 use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
 use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
@@ -197,6 +198,9 @@ pub struct Scheduler<A> {
     entries: mpsc::UnboundedReceiver<EntryMeta>,
     watched: mpsc::UnboundedReceiver<(EntryMeta, Watcher)>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Where workers hand the notices they spool.
+    notices: mpsc::UnboundedSender<EntryMeta>,
+    dsn: Option<Arc<Reporter>>,
 }
 
 /// What a worker or resolver reports back to the scheduler loop.
@@ -235,6 +239,8 @@ impl<A: Attempt> Scheduler<A> {
             entries,
             watched,
             commands,
+            notices: entries_tx.clone(),
+            dsn: None,
         };
         let handle = QueueHandle {
             entries: entries_tx,
@@ -242,6 +248,12 @@ impl<A: Attempt> Scheduler<A> {
             commands: commands_tx,
         };
         (scheduler, handle)
+    }
+
+    /// Sends a delivery status notification for each message moved to `failed/` (`queue.dsn_from`).
+    pub fn with_dsn(mut self, reporter: Reporter) -> Self {
+        self.dsn = Some(Arc::new(reporter));
+        self
     }
 
     /// Runs until `shutdown`; workers are tracked by `workers` so shutdown can wait for them.
@@ -288,6 +300,8 @@ impl<A: Attempt> Scheduler<A> {
                     policy: self.policy,
                     clock: self.clock,
                     counters: self.counters.clone(),
+                    dsn: self.dsn.clone(),
+                    notices: self.notices.clone(),
                 };
                 let tx = report_tx.clone();
                 workers.spawn(async move {
@@ -704,6 +718,8 @@ struct Worker<A> {
     policy: RetryPolicy,
     clock: Clock,
     counters: Arc<Counters>,
+    dsn: Option<Arc<Reporter>>,
+    notices: mpsc::UnboundedSender<EntryMeta>,
 }
 
 impl<A: Attempt> Worker<A> {
@@ -828,7 +844,8 @@ impl<A: Attempt> Worker<A> {
                 }
             }
             Decision::Fail { why } => {
-                self.counters.failed(failure_label(why));
+                let (label, cause) = failure_cause(why);
+                self.counters.failed(label);
                 meta.last_error = Some(format!("{why}: {reason}"));
                 tracing::warn!(
                     event = "message_failed",
@@ -840,9 +857,44 @@ impl<A: Attempt> Worker<A> {
                     reason = meta.last_error.as_deref().unwrap_or(""),
                     "message failed; moved to failed/"
                 );
+                // A client answered 554 in the session knows already: no notice.
+                let reporter = self
+                    .dsn
+                    .clone()
+                    .filter(|_| watcher.is_none() && Reporter::wants(&meta));
                 let failed = meta.clone();
-                let result = tokio::task::spawn_blocking(move || spool.fail(&failed)).await;
-                log_spool_result(id, result);
+                let now_ms = self.clock.now_ms();
+                let result = tokio::task::spawn_blocking(move || {
+                    let original = reporter.as_ref().map(|_| spool.read_body(id));
+                    spool.fail(&failed)?;
+                    if let (Some(reporter), Some(original)) = (reporter, original) {
+                        let notice = original.map_err(Into::into).and_then(|original| {
+                            reporter.spool(&spool, &failed, cause, &original, now_ms)
+                        });
+                        return Ok(Some(notice));
+                    }
+                    Ok(None)
+                })
+                .await;
+                let notice = match result {
+                    Ok(Ok(notice)) => notice,
+                    other => {
+                        log_spool_result(id, other.map(|r| r.map(drop)));
+                        None
+                    }
+                };
+                match notice {
+                    Some(Ok(mut notice)) => {
+                        // Due now by the scheduler's clock (the spool stamps the system's).
+                        notice.next_attempt_at_ms = now_ms;
+                        tracing::info!(queue_id = %id, notice = %notice.id, to = %meta.envelope.mail_from, "delivery status notification queued");
+                        let _ = self.notices.send(notice);
+                    }
+                    Some(Err(err)) => {
+                        tracing::error!(queue_id = %id, error = %err, "cannot queue a delivery status notification");
+                    }
+                    None => {}
+                }
                 if let Some(watcher) = watcher {
                     watcher.tell(Verdict::Refused);
                 }
@@ -866,12 +918,12 @@ impl Report {
     }
 }
 
-/// The `reason` label of a failed message, from the policy's explanation.
-fn failure_label(why: &str) -> &'static str {
+/// The `reason` label and the notice's cause of a failed message, from the policy's explanation.
+fn failure_cause(why: &str) -> (&'static str, Cause) {
     match why {
-        "refused" => "refused",
-        "too large for one request" => "too_large",
-        _ => "expired",
+        "refused" => ("refused", Cause::Refused),
+        "too large for one request" => ("too_large", Cause::TooLarge),
+        _ => ("expired", Cause::Expired),
     }
 }
 

@@ -413,3 +413,53 @@ async fn queued_mode_answers_before_graph_whatever_graph_says() {
         relay.logs()
     );
 }
+
+#[tokio::test]
+async fn a_refused_message_produces_a_delivery_status_notification_to_its_sender() {
+    const POSTMASTER: &str = "postmaster@contoso.com";
+    let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string(), POSTMASTER.to_string()]);
+    let emulator = graph_relay_emulator::start(config).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = with(
+        graph_env(&emulator, spool.path()),
+        &[("GRAPH_RELAY_QUEUE__DSN_FROM", POSTMASTER)],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO dsn", "250").await;
+    let reply = send_one(&mut smtp, "doomed").await;
+    assert!(reply.starts_with("250 2.0.0 Queued as "), "{reply}");
+    // A message with the null reverse-path fails too, and gets no notice.
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    smtp.command("MAIL FROM:<>", "250").await;
+    smtp.command("RCPT TO:<a@example.com>", "250").await;
+    smtp.command("DATA", "354").await;
+    smtp.send(&format!(
+        "From: {MAILBOX}\r\nSubject: bounce\r\n\r\nx\r\n.\r\n"
+    ))
+    .await;
+    assert!(smtp.reply().await.starts_with("250 "));
+
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(20)).await,
+        "no notice: {}",
+        relay.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = accepted_messages(&emulator);
+    assert_eq!(accepted.len(), 1, "one notice only: {accepted:?}");
+    let (mailbox, notice) = &accepted[0];
+    assert_eq!(mailbox, POSTMASTER);
+    assert_eq!(notice["subject"], "Undelivered mail: doomed");
+    assert_eq!(
+        notice["toRecipients"][0]["emailAddress"]["address"],
+        MAILBOX
+    );
+    assert_eq!(
+        queue_stats(&env)["failed"],
+        2,
+        "both refused messages kept in failed/"
+    );
+}

@@ -104,6 +104,14 @@ struct Harness {
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
 fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
+    start_with(attempt, limits, |scheduler| scheduler)
+}
+
+fn start_with(
+    attempt: Arc<Scripted>,
+    limits: Limits,
+    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
+) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(tmp.path()).unwrap();
     let spool = Arc::new(spool);
@@ -124,6 +132,7 @@ fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
         clock,
         counters.clone(),
     );
+    let scheduler = configure(scheduler);
     let stop = CancellationToken::new();
     tokio::spawn(scheduler.run(Vec::new(), stop.clone(), TaskTracker::new()));
     Harness {
@@ -649,4 +658,33 @@ async fn a_waiting_session_gets_an_answer_when_its_message_is_deleted() {
         started.elapsed() < Duration::from_secs(1),
         "did not wait out its limit"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_message_gets_one_notice_unless_its_client_already_knows() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("queued@contoso.com", refused());
+    attempt.answer("hybrid@contoso.com", refused());
+    attempt.answer("", refused());
+    let h = start_with(attempt.clone(), LIMITS, |scheduler| {
+        scheduler.with_dsn(crate::queue::dsn::Reporter::new(
+            "postmaster@contoso.com",
+            "relay.test",
+        ))
+    });
+    let queued = h.submit("queued@contoso.com");
+    let (_, answer) = h.submit_watched("hybrid@contoso.com", Wait::Hybrid, WAIT);
+    assert_eq!(answer.await.unwrap(), Verdict::Refused);
+    h.drained(Duration::from_secs(10)).await;
+    // Only the queued message's sender is notified; the notice itself (null reverse-path) was
+    // then refused too, and got no notice of its own.
+    assert_eq!(attempt.attempts("").len(), 1, "one notice sent");
+    let failed = h.spool.failed_entries().unwrap();
+    assert_eq!(failed.len(), 3, "both messages and the notice");
+    let notice = failed
+        .iter()
+        .find(|meta| meta.envelope.mail_from.is_empty())
+        .unwrap();
+    assert_eq!(notice.envelope.rcpt_to, ["queued@contoso.com"]);
+    assert!(failed.iter().any(|meta| meta.id == queued));
 }
