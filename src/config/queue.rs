@@ -64,6 +64,12 @@ pub struct QueueConfig {
     /// When set, the envelope sender of each message moved to `failed/` gets a delivery status
     /// notification (RFC 3464) sent from this mailbox through Graph; never for `MAIL FROM:<>`.
     pub dsn_from: Option<String>,
+    /// Requests per minute per (profile, mailbox); unset: no pacing. Exchange Online documents
+    /// 30 messages per minute per mailbox.
+    pub mailbox_messages_per_minute: Option<u32>,
+    /// Recipients per rolling 24 hours per (profile, mailbox); unset: no pacing. Exchange Online
+    /// documents 10,000 recipients per day per mailbox.
+    pub mailbox_recipients_per_day: Option<u64>,
 }
 
 impl Default for QueueConfig {
@@ -81,6 +87,8 @@ impl Default for QueueConfig {
             ack_mode: AckMode::Queued,
             ack_wait: Duration::from_secs(5),
             dsn_from: None,
+            mailbox_messages_per_minute: None,
+            mailbox_recipients_per_day: None,
         }
     }
 }
@@ -133,6 +141,18 @@ impl QueueConfig {
         }
         if self.ack_wait.is_zero() {
             return Err(ConfigError::new("queue.ack_wait", "must be longer than 0s"));
+        }
+        if self.mailbox_messages_per_minute == Some(0) {
+            return Err(ConfigError::new(
+                "queue.mailbox_messages_per_minute",
+                "must be at least 1 (leave it unset for no pacing)",
+            ));
+        }
+        if self.mailbox_recipients_per_day == Some(0) {
+            return Err(ConfigError::new(
+                "queue.mailbox_recipients_per_day",
+                "must be at least 1 (leave it unset for no pacing)",
+            ));
         }
         if let Some(from) = &self.dsn_from
             && !crate::queue::dsn::is_plain_address(from)

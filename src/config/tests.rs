@@ -385,6 +385,12 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("queue.dsn_from", "postmaster@contoso.com", |c| {
             c.queue.dsn_from.as_deref() == Some("postmaster@contoso.com")
         }),
+        ("queue.mailbox_messages_per_minute", "30", |c| {
+            c.queue.mailbox_messages_per_minute == Some(30)
+        }),
+        ("queue.mailbox_recipients_per_day", "10000", |c| {
+            c.queue.mailbox_recipients_per_day == Some(10_000)
+        }),
         ("log.format", "json", |c| c.log.format == LogFormat::Json),
     ];
     let table_keys: BTreeSet<String> = table.iter().map(|(key, ..)| key.to_string()).collect();
@@ -571,6 +577,14 @@ fn bad_values_name_their_key() {
         (
             &[("GRAPH_RELAY_QUEUE__DSN_FROM", "Postmaster <pm@contoso.com>")],
             "queue.dsn_from",
+        ),
+        (
+            &[("GRAPH_RELAY_QUEUE__MAILBOX_MESSAGES_PER_MINUTE", "0")],
+            "queue.mailbox_messages_per_minute",
+        ),
+        (
+            &[("GRAPH_RELAY_QUEUE__MAILBOX_RECIPIENTS_PER_DAY", "0")],
+            "queue.mailbox_recipients_per_day",
         ),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
         (

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::ack::{self, Claimed, Verdict, Wait, Watch, Watcher};
 use super::dsn::{Cause, Reporter};
 use super::metrics::Counters;
+use super::pacing::{MinuteWindow, Pacing};
 use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
 use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
 use crate::delivery::Outcome;
@@ -201,6 +202,7 @@ pub struct Scheduler<A> {
     /// Where workers hand the notices they spool.
     notices: mpsc::UnboundedSender<EntryMeta>,
     dsn: Option<Arc<Reporter>>,
+    pacing: Pacing,
 }
 
 /// What a worker or resolver reports back to the scheduler loop.
@@ -241,6 +243,7 @@ impl<A: Attempt> Scheduler<A> {
             commands,
             notices: entries_tx.clone(),
             dsn: None,
+            pacing: Pacing::default(),
         };
         let handle = QueueHandle {
             entries: entries_tx,
@@ -256,6 +259,12 @@ impl<A: Attempt> Scheduler<A> {
         self
     }
 
+    /// Keeps each lane within a pace (messages per minute, recipients per day); off by default.
+    pub fn with_pacing(mut self, pacing: Pacing) -> Self {
+        self.pacing = pacing;
+        self
+    }
+
     /// Runs until `shutdown`; workers are tracked by `workers` so shutdown can wait for them.
     pub async fn run(
         mut self,
@@ -267,7 +276,7 @@ impl<A: Attempt> Scheduler<A> {
         for meta in recovered {
             waiting.push(meta, None);
         }
-        let mut lanes = Lanes::new(self.limits.per_lane);
+        let mut lanes = Lanes::new(self.limits.per_lane, self.pacing);
         let mut held = Held::default();
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         loop {
@@ -290,7 +299,7 @@ impl<A: Attempt> Scheduler<A> {
                 });
             }
             while held.in_flight.len() < self.limits.concurrency
-                && let Some((lane, meta)) = lanes.next(now)
+                && let Some((lane, meta)) = lanes.next(now, &self.counters)
             {
                 held.in_flight.insert(meta.id, meta.clone());
                 let watcher = held.watchers.remove(&meta.id);
@@ -337,7 +346,10 @@ impl<A: Attempt> Scheduler<A> {
                         lanes.push(lane, meta);
                     }
                     Report::Done { lane, id, delivered, retry, pause, fault } => {
-                        held.in_flight.remove(&id);
+                        let recipients = held
+                            .in_flight
+                            .remove(&id)
+                            .map_or(0, |meta| meta.envelope.rcpt_to.len() as u64);
                         if let Some(pause) = pause {
                             let newly = lanes.pause(&lane, pause);
                             if let (true, Some((cause, fix))) = (newly, fault) {
@@ -355,7 +367,7 @@ impl<A: Attempt> Scheduler<A> {
                                 );
                             }
                         }
-                        lanes.done(&lane, delivered);
+                        lanes.done(&lane, delivered, recipients);
                         if let Some(meta) = retry {
                             waiting.push(meta, Some(lane));
                         }
@@ -534,6 +546,7 @@ struct Lanes {
     /// Lanes with waiting entries, in service order; each appears once.
     turn: VecDeque<Lane>,
     per_lane: usize,
+    pacing: Pacing,
     /// Pauses of whole authentication profiles, applied to lanes created later too.
     profile_pauses: HashMap<Arc<str>, Pause>,
 }
@@ -546,14 +559,19 @@ struct LaneState {
     /// After a configuration fault: one request at a time until one is delivered.
     probing: bool,
     in_turn: bool,
+    /// With pacing: when the next entry may go, and what the pace counts.
+    paced_until: u64,
+    sent: MinuteWindow,
+    in_flight_recipients: u64,
 }
 
 impl Lanes {
-    fn new(per_lane: usize) -> Self {
+    fn new(per_lane: usize, pacing: Pacing) -> Self {
         Self {
             lanes: HashMap::new(),
             turn: VecDeque::new(),
             per_lane,
+            pacing,
             profile_pauses: HashMap::new(),
         }
     }
@@ -579,18 +597,44 @@ impl Lanes {
         }
     }
 
-    /// The next entry to send: lanes take turns, one entry each, skipping paused and full ones.
-    fn next(&mut self, now: u64) -> Option<(Lane, EntryMeta)> {
+    /// The next entry to send: lanes take turns, one entry each, skipping paused, full and
+    /// paced ones. `counters` keeps the recipients each mailbox sent to over 24 hours.
+    fn next(&mut self, now: u64, counters: &Counters) -> Option<(Lane, EntryMeta)> {
         for _ in 0..self.turn.len() {
             let lane = self.turn.pop_front()?;
-            let per_lane = self.per_lane;
+            let (per_lane, pacing) = (self.per_lane, self.pacing);
             let state = self.lanes.get_mut(&lane)?;
             let limit = if state.probing { 1 } else { per_lane };
-            if state.paused_until <= now
+            let recipients = state
+                .waiting
+                .front()
+                .map_or(0, |meta| meta.envelope.rcpt_to.len() as u64);
+            // Recipients in flight count too: they are not in the window until delivered.
+            let ready = if state.paused_until <= now && state.in_flight < limit && recipients > 0 {
+                let ready = pacing.ready_at(
+                    now,
+                    &mut state.sent,
+                    state.in_flight_recipients,
+                    recipients,
+                    |per_day, extra| {
+                        counters.recipients_room_at(&lane.mailbox, now, per_day, extra)
+                    },
+                );
+                // Without an answer, the end of a request in flight wakes the loop.
+                state.paced_until = ready.unwrap_or(now);
+                ready.is_some_and(|at| at <= now)
+            } else {
+                false
+            };
+            if ready
                 && state.in_flight < limit
                 && let Some(meta) = state.waiting.pop_front()
             {
                 state.in_flight += 1;
+                state.in_flight_recipients += recipients;
+                if pacing.messages_per_minute.is_some() {
+                    state.sent.record(now);
+                }
                 if state.waiting.is_empty() {
                     state.in_turn = false;
                 } else {
@@ -603,22 +647,29 @@ impl Lanes {
         None
     }
 
-    /// When a paused lane with waiting entries may send again.
+    /// When a paused or paced lane with waiting entries may send again.
     fn next_wake(&self, now: u64) -> Option<u64> {
         self.lanes
             .values()
-            .filter(|state| !state.waiting.is_empty() && state.paused_until > now)
-            .map(|state| state.paused_until)
+            .filter(|state| !state.waiting.is_empty())
+            .map(|state| state.paused_until.max(state.paced_until))
+            .filter(|at| *at > now)
             .min()
     }
 
-    fn done(&mut self, lane: &Lane, delivered: bool) {
+    fn done(&mut self, lane: &Lane, delivered: bool, recipients: u64) {
+        let pacing_off = self.pacing.is_off();
         let state = self.state(lane);
         state.in_flight = state.in_flight.saturating_sub(1);
+        state.in_flight_recipients = state.in_flight_recipients.saturating_sub(recipients);
         if delivered {
             state.probing = false;
         }
-        let forget = state.in_flight == 0 && state.waiting.is_empty() && state.paused_until == 0;
+        // A paced lane keeps its send times.
+        let forget = state.in_flight == 0
+            && state.waiting.is_empty()
+            && state.paused_until == 0
+            && pacing_off;
         if forget {
             self.lanes.remove(lane);
         }

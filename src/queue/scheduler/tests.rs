@@ -688,3 +688,85 @@ async fn a_failed_message_gets_one_notice_unless_its_client_already_knows() {
     assert_eq!(notice.envelope.rcpt_to, ["queued@contoso.com"]);
     assert!(failed.iter().any(|meta| meta.id == queued));
 }
+
+fn paced(
+    attempt: Arc<Scripted>,
+    messages_per_minute: Option<u32>,
+    recipients_per_day: Option<u64>,
+) -> Harness {
+    start_with(attempt, LIMITS, |scheduler| {
+        scheduler.with_pacing(crate::queue::pacing::Pacing {
+            messages_per_minute,
+            recipients_per_day,
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_mailbox_sends_at_most_its_messages_per_minute_and_others_flow() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    let h = paced(attempt.clone(), Some(3), None);
+    let started = Instant::now();
+    for _ in 0..7 {
+        h.submit("a@contoso.com");
+    }
+    for _ in 0..2 {
+        h.submit("b@contoso.com");
+    }
+    h.drained(Duration::from_secs(300)).await;
+    let starts: Vec<Instant> = attempt
+        .attempts("a@contoso.com")
+        .iter()
+        .map(|(start, _)| *start)
+        .collect();
+    assert_eq!(starts.len(), 7, "waited, not failed");
+    for (i, start) in starts.iter().enumerate() {
+        let in_minute = starts
+            .iter()
+            .filter(|s| **s >= *start && **s < *start + Duration::from_secs(60))
+            .count();
+        assert!(
+            in_minute <= 3,
+            "{in_minute} requests in the minute from #{i}"
+        );
+    }
+    // Three at once, three a minute later, the last two minutes later: no slower than needed.
+    assert!(
+        starts[6] - started < Duration::from_secs(121),
+        "{:?}",
+        starts[6] - started
+    );
+    assert!(starts[3] - started >= Duration::from_secs(60));
+    assert!(
+        attempt
+            .attempts("b@contoso.com")
+            .iter()
+            .all(|(_, end)| *end < started + Duration::from_secs(1)),
+        "another mailbox is not held back"
+    );
+    assert!(h.spool.failed_entries().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_mailbox_waits_for_room_in_its_recipients_per_day() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    let h = paced(attempt.clone(), None, Some(3));
+    for _ in 0..5 {
+        h.submit("a@contoso.com");
+    }
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        attempt.attempts("a@contoso.com").len(),
+        3,
+        "in flight counts too"
+    );
+    let waiting = h.list().await;
+    assert_eq!(waiting.len(), 2);
+    assert!(waiting.iter().all(|view| view.state == EntryState::Queued));
+    // The first deliveries leave the 24-hour window; the rest go then.
+    tokio::time::sleep(Duration::from_secs(23 * 3600)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 5);
+    h.drained(Duration::from_secs(5)).await;
+    assert!(h.spool.failed_entries().unwrap().is_empty());
+}
