@@ -22,7 +22,9 @@ use crate::graph::client::{GraphClient, http_client};
 use crate::graph::dry_run::DryRunWriter;
 use crate::graph::token::TokenProvider;
 use crate::http::Health;
+use crate::queue::dsn::Reporter;
 use crate::queue::metrics::Counters;
+use crate::queue::pacing::Pacing;
 use crate::queue::retry::{RetryPolicy, RetryPolicyError};
 use crate::queue::scheduler::{Clock, Limits, Scheduler};
 use crate::queue::{Spool, SpoolError};
@@ -136,6 +138,14 @@ pub async fn run(
         Clock::system(),
         counters.clone(),
     );
+    let scheduler = match &config.queue.dsn_from {
+        Some(from) => scheduler.with_dsn(Reporter::new(from, &config.smtp.hostname)),
+        None => scheduler,
+    };
+    let scheduler = scheduler.with_pacing(Pacing {
+        messages_per_minute: config.queue.mailbox_messages_per_minute,
+        recipients_per_day: config.queue.mailbox_recipients_per_day,
+    });
 
     // The operations endpoint first: its address is logged before the SMTP listeners'.
     let http_listen = config.http.listen;

@@ -10,6 +10,21 @@ use super::ConfigError;
 /// Spool directory when neither `queue.dir` nor `$STATE_DIRECTORY` is set.
 pub const DEFAULT_DIR: &str = "/var/spool/graph-relay";
 
+/// When SMTP answers the end of a message: before or after Graph has taken it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// `250` once the message is on disk; Graph is tried afterwards, with retries.
+    #[default]
+    Queued,
+    /// `250` only after Graph's `202`; a temporary failure answers `451` (the message is not
+    /// kept: the client sends it again), a refusal `554`.
+    Synchronous,
+    /// Waits up to `queue.ack_wait` for the first attempt: delivered `250`, refused `554`,
+    /// anything else `250` with the message kept queued and retried.
+    Hybrid,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -40,6 +55,21 @@ pub struct QueueConfig {
     /// (under Kubernetes' 30 s); a second signal exits at once.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `queued`, `synchronous` or `hybrid`: whether the answer to a message waits for Graph.
+    pub ack_mode: AckMode,
+    /// In `hybrid` mode, how long the answer waits for the first attempt before the message is
+    /// acknowledged as queued. (`synchronous` waits up to `smtp.data_timeout`.)
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// When set, the envelope sender of each message moved to `failed/` gets a delivery status
+    /// notification (RFC 3464) sent from this mailbox through Graph; never for `MAIL FROM:<>`.
+    pub dsn_from: Option<String>,
+    /// Requests per minute per (profile, mailbox); unset: no pacing. Exchange Online documents
+    /// 30 messages per minute per mailbox.
+    pub mailbox_messages_per_minute: Option<u32>,
+    /// Recipients per rolling 24 hours per (profile, mailbox); unset: no pacing. Exchange Online
+    /// documents 10,000 recipients per day per mailbox.
+    pub mailbox_recipients_per_day: Option<u64>,
 }
 
 impl Default for QueueConfig {
@@ -54,6 +84,11 @@ impl Default for QueueConfig {
             fault_retry: Duration::from_secs(300),
             max_size: None,
             shutdown_grace: Duration::from_secs(25),
+            ack_mode: AckMode::Queued,
+            ack_wait: Duration::from_secs(5),
+            dsn_from: None,
+            mailbox_messages_per_minute: None,
+            mailbox_recipients_per_day: None,
         }
     }
 }
@@ -102,6 +137,29 @@ impl QueueConfig {
             return Err(ConfigError::new(
                 "queue.max_size",
                 "must be more than 0 bytes (leave it unset for no limit)",
+            ));
+        }
+        if self.ack_wait.is_zero() {
+            return Err(ConfigError::new("queue.ack_wait", "must be longer than 0s"));
+        }
+        if self.mailbox_messages_per_minute == Some(0) {
+            return Err(ConfigError::new(
+                "queue.mailbox_messages_per_minute",
+                "must be at least 1 (leave it unset for no pacing)",
+            ));
+        }
+        if self.mailbox_recipients_per_day == Some(0) {
+            return Err(ConfigError::new(
+                "queue.mailbox_recipients_per_day",
+                "must be at least 1 (leave it unset for no pacing)",
+            ));
+        }
+        if let Some(from) = &self.dsn_from
+            && !crate::queue::dsn::is_plain_address(from)
+        {
+            return Err(ConfigError::new(
+                "queue.dsn_from",
+                "must be a plain mailbox address such as postmaster@contoso.com",
             ));
         }
         Ok(())

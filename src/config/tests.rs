@@ -401,6 +401,21 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("queue.shutdown_grace", "10s", |c| {
             c.queue.shutdown_grace == Duration::from_secs(10)
         }),
+        ("queue.ack_mode", "hybrid", |c| {
+            c.queue.ack_mode == crate::config::AckMode::Hybrid
+        }),
+        ("queue.ack_wait", "2s", |c| {
+            c.queue.ack_wait == Duration::from_secs(2)
+        }),
+        ("queue.dsn_from", "postmaster@contoso.com", |c| {
+            c.queue.dsn_from.as_deref() == Some("postmaster@contoso.com")
+        }),
+        ("queue.mailbox_messages_per_minute", "30", |c| {
+            c.queue.mailbox_messages_per_minute == Some(30)
+        }),
+        ("queue.mailbox_recipients_per_day", "10000", |c| {
+            c.queue.mailbox_recipients_per_day == Some(10_000)
+        }),
         ("log.format", "json", |c| c.log.format == LogFormat::Json),
     ];
     let table_keys: BTreeSet<String> = table.iter().map(|(key, ..)| key.to_string()).collect();
@@ -583,6 +598,19 @@ fn bad_values_name_their_key() {
             "queue.fault_retry",
         ),
         (&[("GRAPH_RELAY_QUEUE__MAX_SIZE", "0")], "queue.max_size"),
+        (&[("GRAPH_RELAY_QUEUE__ACK_WAIT", "0s")], "queue.ack_wait"),
+        (
+            &[("GRAPH_RELAY_QUEUE__DSN_FROM", "Postmaster <pm@contoso.com>")],
+            "queue.dsn_from",
+        ),
+        (
+            &[("GRAPH_RELAY_QUEUE__MAILBOX_MESSAGES_PER_MINUTE", "0")],
+            "queue.mailbox_messages_per_minute",
+        ),
+        (
+            &[("GRAPH_RELAY_QUEUE__MAILBOX_RECIPIENTS_PER_DAY", "0")],
+            "queue.mailbox_recipients_per_day",
+        ),
         (&[("GRAPH_RELAY_SMTP__LISTN", "127.0.0.1:25")], "listn"),
         (
             &[("GRAPH_RELAY_SMTP__TLS__MIN_VERSION", "1.1")],

@@ -44,6 +44,26 @@ impl RecipientWindow {
         self.warned = over;
         (self.total, crossed)
     }
+    /// The earliest time from `now_ms` at which `extra` more recipients stay within `limit`
+    /// over the rolling 24 hours. A message larger than the limit goes once the window is empty.
+    pub fn room_at(&self, now_ms: u64, limit: u64, extra: u64) -> u64 {
+        let live = |at: u64| at + DAY_MS > now_ms;
+        let mut total: u64 = self
+            .deliveries
+            .iter()
+            .filter(|(at, _)| live(*at))
+            .map(|(_, count)| count)
+            .sum();
+        let mut ready = now_ms;
+        for &(at, count) in self.deliveries.iter().filter(|(at, _)| live(*at)) {
+            if total == 0 || total + extra <= limit {
+                break;
+            }
+            total -= count;
+            ready = at + DAY_MS;
+        }
+        ready
+    }
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +148,14 @@ impl Counters {
             .clone()
     }
 
+    /// When `extra` more recipients from `mailbox` stay within `limit` per rolling 24 hours.
+    pub fn recipients_room_at(&self, mailbox: &str, now_ms: u64, limit: u64, extra: u64) -> u64 {
+        let windows = self.recipients.lock().unwrap_or_else(|p| p.into_inner());
+        windows
+            .get(mailbox)
+            .map_or(now_ms, |window| window.room_at(now_ms, limit, extra))
+    }
+
     /// Graph answered 429 or 503 for this mailbox.
     pub fn throttled(&self, mailbox: &str) {
         metrics::counter!(GRAPH_THROTTLED, "mailbox" => mailbox.to_string()).increment(1);
@@ -149,6 +177,35 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_for_more_recipients_comes_when_old_deliveries_leave_the_day() {
+        let hour = DAY_MS / 24;
+        let mut window = RecipientWindow::default();
+        window.record(0, 40);
+        window.record(hour, 50);
+        window.record(2 * hour, 10);
+        // (now, limit, extra, ready)
+        let cases = [
+            (3 * hour, 200, 100, 3 * hour),
+            (3 * hour, 100, 0, 3 * hour),
+            (3 * hour, 100, 1, DAY_MS),
+            (3 * hour, 100, 41, DAY_MS + hour),
+            (3 * hour, 100, 100, DAY_MS + 2 * hour),
+            // Larger than the limit: once the window is empty.
+            (3 * hour, 100, 500, DAY_MS + 2 * hour),
+            // The first delivery has left by now.
+            (DAY_MS + 30, 100, 41, DAY_MS + hour),
+        ];
+        for (now, limit, extra, ready) in cases {
+            assert_eq!(
+                window.room_at(now, limit, extra),
+                ready,
+                "now {now}, limit {limit}, extra {extra}"
+            );
+        }
+        assert_eq!(RecipientWindow::default().room_at(5, 1, 10), 5);
+    }
 
     #[test]
     fn recipients_are_counted_over_a_rolling_day_with_one_warning_at_80_percent() {

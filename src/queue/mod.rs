@@ -1,11 +1,15 @@
 //! The queue between SMTP and Graph: [`spool`] keeps every acknowledged message on disk until it
 //! is delivered or failed; [`scheduler`] decides which entries are due and runs their deliveries
 //! within Graph's limits; [`retry`] classifies failed attempts and decides what happens next;
-//! [`metrics`] counts what operators must see; [`control`] and [`cli`] are the `queue` command.
+//! [`metrics`] counts what operators must see; [`pacing`] keeps a mailbox within a configured pace; [`ack`] lets an SMTP session wait for the first
+//! attempt; [`control`] and [`cli`] are the `queue` command.
 
+pub mod ack;
 pub mod cli;
 pub mod control;
+pub mod dsn;
 pub mod metrics;
+pub mod pacing;
 pub mod retry;
 pub mod scheduler;
 pub mod spool;

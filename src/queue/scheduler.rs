@@ -3,7 +3,8 @@
 //! counts: at most `queue.mailbox_concurrency` requests in flight per lane, lanes served in
 //! turn, a lane paused by Retry-After or a configuration fault while the others keep flowing.
 //! Each worker applies its own outcome to the spool before it reports, so a delivered message
-//! leaves the spool straight after Graph's `202`.
+//! leaves the spool straight after Graph's `202`. An entry whose SMTP session waits for it
+//! (acknowledgement modes `synchronous` and `hybrid`) carries a [`Watcher`] to its first attempt.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -15,7 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::ack::{self, Claimed, Verdict, Wait, Watch, Watcher};
+use super::dsn::{Cause, Reporter};
 use super::metrics::Counters;
+use super::pacing::{MinuteWindow, Pacing};
 use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
 use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
 use crate::delivery::Outcome;
@@ -136,6 +140,7 @@ impl DeleteError {
 #[derive(Clone)]
 pub struct QueueHandle {
     entries: mpsc::UnboundedSender<EntryMeta>,
+    watched: mpsc::UnboundedSender<(EntryMeta, Watcher)>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -144,13 +149,29 @@ impl QueueHandle {
     /// its control requests go nowhere.
     pub fn channel() -> (Self, mpsc::UnboundedReceiver<EntryMeta>) {
         let (entries, rx) = mpsc::unbounded_channel();
+        let (watched, _) = mpsc::unbounded_channel();
         let (commands, _) = mpsc::unbounded_channel();
-        (Self { entries, commands }, rx)
+        (
+            Self {
+                entries,
+                watched,
+                commands,
+            },
+            rx,
+        )
     }
 
     pub fn enqueue(&self, meta: EntryMeta) {
         // After shutdown the scheduler is gone; the entry is on disk and found at the next start.
         let _ = self.entries.send(meta);
+    }
+
+    /// Enqueues an entry whose session waits for its first attempt; see [`Watch::verdict`].
+    pub fn enqueue_watched(&self, meta: EntryMeta, wait: Wait) -> Watch {
+        let (watch, watcher) = ack::watch(wait);
+        // After shutdown the watcher is dropped with the message: the session's wait ends.
+        let _ = self.watched.send((meta, watcher));
+        watch
     }
 
     /// Sends a control request; `false` when the scheduler has stopped.
@@ -176,7 +197,12 @@ pub struct Scheduler<A> {
     clock: Clock,
     counters: Arc<Counters>,
     entries: mpsc::UnboundedReceiver<EntryMeta>,
+    watched: mpsc::UnboundedReceiver<(EntryMeta, Watcher)>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Where workers hand the notices they spool.
+    notices: mpsc::UnboundedSender<EntryMeta>,
+    dsn: Option<Arc<Reporter>>,
+    pacing: Pacing,
 }
 
 /// What a worker or resolver reports back to the scheduler loop.
@@ -203,6 +229,7 @@ impl<A: Attempt> Scheduler<A> {
         counters: Arc<Counters>,
     ) -> (Self, QueueHandle) {
         let (entries_tx, entries) = mpsc::unbounded_channel();
+        let (watched_tx, watched) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let scheduler = Self {
             spool,
@@ -212,13 +239,30 @@ impl<A: Attempt> Scheduler<A> {
             clock,
             counters,
             entries,
+            watched,
             commands,
+            notices: entries_tx.clone(),
+            dsn: None,
+            pacing: Pacing::default(),
         };
         let handle = QueueHandle {
             entries: entries_tx,
+            watched: watched_tx,
             commands: commands_tx,
         };
         (scheduler, handle)
+    }
+
+    /// Sends a delivery status notification for each message moved to `failed/` (`queue.dsn_from`).
+    pub fn with_dsn(mut self, reporter: Reporter) -> Self {
+        self.dsn = Some(Arc::new(reporter));
+        self
+    }
+
+    /// Keeps each lane within a pace (messages per minute, recipients per day); off by default.
+    pub fn with_pacing(mut self, pacing: Pacing) -> Self {
+        self.pacing = pacing;
+        self
     }
 
     /// Runs until `shutdown`; workers are tracked by `workers` so shutdown can wait for them.
@@ -232,7 +276,7 @@ impl<A: Attempt> Scheduler<A> {
         for meta in recovered {
             waiting.push(meta, None);
         }
-        let mut lanes = Lanes::new(self.limits.per_lane);
+        let mut lanes = Lanes::new(self.limits.per_lane, self.pacing);
         let mut held = Held::default();
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         loop {
@@ -255,19 +299,22 @@ impl<A: Attempt> Scheduler<A> {
                 });
             }
             while held.in_flight.len() < self.limits.concurrency
-                && let Some((lane, meta)) = lanes.next(now)
+                && let Some((lane, meta)) = lanes.next(now, &self.counters)
             {
                 held.in_flight.insert(meta.id, meta.clone());
+                let watcher = held.watchers.remove(&meta.id);
                 let worker = Worker {
                     spool: self.spool.clone(),
                     attempt: self.attempt.clone(),
                     policy: self.policy,
                     clock: self.clock,
                     counters: self.counters.clone(),
+                    dsn: self.dsn.clone(),
+                    notices: self.notices.clone(),
                 };
                 let tx = report_tx.clone();
                 workers.spawn(async move {
-                    let _ = tx.send(worker.deliver(lane, meta).await);
+                    let _ = tx.send(worker.deliver(lane, meta, watcher).await);
                 });
             }
             let wake = [waiting.next_at(), lanes.next_wake(now)]
@@ -278,9 +325,17 @@ impl<A: Attempt> Scheduler<A> {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(meta) = self.entries.recv() => waiting.push(meta, None),
+                Some((meta, watcher)) = self.watched.recv() => {
+                    held.watchers.insert(meta.id, watcher);
+                    waiting.push(meta, None);
+                }
                 Some(command) = self.commands.recv() => {
                     // Entries committed before the request was made are part of its answer.
                     while let Ok(meta) = self.entries.try_recv() {
+                        waiting.push(meta, None);
+                    }
+                    while let Ok((meta, watcher)) = self.watched.try_recv() {
+                        held.watchers.insert(meta.id, watcher);
                         waiting.push(meta, None);
                     }
                     self.command(command, &mut waiting, &mut lanes, &mut held);
@@ -291,7 +346,10 @@ impl<A: Attempt> Scheduler<A> {
                         lanes.push(lane, meta);
                     }
                     Report::Done { lane, id, delivered, retry, pause, fault } => {
-                        held.in_flight.remove(&id);
+                        let recipients = held
+                            .in_flight
+                            .remove(&id)
+                            .map_or(0, |meta| meta.envelope.rcpt_to.len() as u64);
                         if let Some(pause) = pause {
                             let newly = lanes.pause(&lane, pause);
                             if let (true, Some((cause, fix))) = (newly, fault) {
@@ -309,7 +367,7 @@ impl<A: Attempt> Scheduler<A> {
                                 );
                             }
                         }
-                        lanes.done(&lane, delivered);
+                        lanes.done(&lane, delivered, recipients);
                         if let Some(meta) = retry {
                             waiting.push(meta, Some(lane));
                         }
@@ -376,6 +434,8 @@ impl<A: Attempt> Scheduler<A> {
                 {
                     Err(DeleteError::InFlight(id))
                 } else if waiting.remove(id) || lanes.remove(id) || held.remove_unresolved(id) {
+                    // A session waiting for it stops waiting (and answers as its mode says).
+                    held.watchers.remove(&id);
                     self.spool.remove(id).map(|()| true).map_err(Into::into)
                 } else {
                     Ok(false)
@@ -402,6 +462,8 @@ struct Held {
     resolving: HashMap<QueueId, EntryMeta>,
     /// Being attempted.
     in_flight: HashMap<QueueId, EntryMeta>,
+    /// Sessions waiting for an entry's first attempt.
+    watchers: HashMap<QueueId, Watcher>,
 }
 
 impl Held {
@@ -484,6 +546,7 @@ struct Lanes {
     /// Lanes with waiting entries, in service order; each appears once.
     turn: VecDeque<Lane>,
     per_lane: usize,
+    pacing: Pacing,
     /// Pauses of whole authentication profiles, applied to lanes created later too.
     profile_pauses: HashMap<Arc<str>, Pause>,
 }
@@ -496,14 +559,19 @@ struct LaneState {
     /// After a configuration fault: one request at a time until one is delivered.
     probing: bool,
     in_turn: bool,
+    /// With pacing: when the next entry may go, and what the pace counts.
+    paced_until: u64,
+    sent: MinuteWindow,
+    in_flight_recipients: u64,
 }
 
 impl Lanes {
-    fn new(per_lane: usize) -> Self {
+    fn new(per_lane: usize, pacing: Pacing) -> Self {
         Self {
             lanes: HashMap::new(),
             turn: VecDeque::new(),
             per_lane,
+            pacing,
             profile_pauses: HashMap::new(),
         }
     }
@@ -529,18 +597,44 @@ impl Lanes {
         }
     }
 
-    /// The next entry to send: lanes take turns, one entry each, skipping paused and full ones.
-    fn next(&mut self, now: u64) -> Option<(Lane, EntryMeta)> {
+    /// The next entry to send: lanes take turns, one entry each, skipping paused, full and
+    /// paced ones. `counters` keeps the recipients each mailbox sent to over 24 hours.
+    fn next(&mut self, now: u64, counters: &Counters) -> Option<(Lane, EntryMeta)> {
         for _ in 0..self.turn.len() {
             let lane = self.turn.pop_front()?;
-            let per_lane = self.per_lane;
+            let (per_lane, pacing) = (self.per_lane, self.pacing);
             let state = self.lanes.get_mut(&lane)?;
             let limit = if state.probing { 1 } else { per_lane };
-            if state.paused_until <= now
+            let recipients = state
+                .waiting
+                .front()
+                .map_or(0, |meta| meta.envelope.rcpt_to.len() as u64);
+            // Recipients in flight count too: they are not in the window until delivered.
+            let ready = if state.paused_until <= now && state.in_flight < limit && recipients > 0 {
+                let ready = pacing.ready_at(
+                    now,
+                    &mut state.sent,
+                    state.in_flight_recipients,
+                    recipients,
+                    |per_day, extra| {
+                        counters.recipients_room_at(&lane.mailbox, now, per_day, extra)
+                    },
+                );
+                // Without an answer, the end of a request in flight wakes the loop.
+                state.paced_until = ready.unwrap_or(now);
+                ready.is_some_and(|at| at <= now)
+            } else {
+                false
+            };
+            if ready
                 && state.in_flight < limit
                 && let Some(meta) = state.waiting.pop_front()
             {
                 state.in_flight += 1;
+                state.in_flight_recipients += recipients;
+                if pacing.messages_per_minute.is_some() {
+                    state.sent.record(now);
+                }
                 if state.waiting.is_empty() {
                     state.in_turn = false;
                 } else {
@@ -553,22 +647,29 @@ impl Lanes {
         None
     }
 
-    /// When a paused lane with waiting entries may send again.
+    /// When a paused or paced lane with waiting entries may send again.
     fn next_wake(&self, now: u64) -> Option<u64> {
         self.lanes
             .values()
-            .filter(|state| !state.waiting.is_empty() && state.paused_until > now)
-            .map(|state| state.paused_until)
+            .filter(|state| !state.waiting.is_empty())
+            .map(|state| state.paused_until.max(state.paced_until))
+            .filter(|at| *at > now)
             .min()
     }
 
-    fn done(&mut self, lane: &Lane, delivered: bool) {
+    fn done(&mut self, lane: &Lane, delivered: bool, recipients: u64) {
+        let pacing_off = self.pacing.is_off();
         let state = self.state(lane);
         state.in_flight = state.in_flight.saturating_sub(1);
+        state.in_flight_recipients = state.in_flight_recipients.saturating_sub(recipients);
         if delivered {
             state.probing = false;
         }
-        let forget = state.in_flight == 0 && state.waiting.is_empty() && state.paused_until == 0;
+        // A paced lane keeps its send times.
+        let forget = state.in_flight == 0
+            && state.waiting.is_empty()
+            && state.paused_until == 0
+            && pacing_off;
         if forget {
             self.lanes.remove(lane);
         }
@@ -668,11 +769,20 @@ struct Worker<A> {
     policy: RetryPolicy,
     clock: Clock,
     counters: Arc<Counters>,
+    dsn: Option<Arc<Reporter>>,
+    notices: mpsc::UnboundedSender<EntryMeta>,
 }
 
 impl<A: Attempt> Worker<A> {
-    /// Attempts one delivery and records the outcome in the spool before reporting it.
-    async fn deliver(self, lane: Lane, mut meta: EntryMeta) -> Report {
+    /// Attempts one delivery and records the outcome in the spool before reporting it. With a
+    /// watcher, the session waiting for this first attempt is told the verdict, unless it
+    /// stopped waiting first and so decided the entry's fate itself.
+    async fn deliver(self, lane: Lane, mut meta: EntryMeta, watcher: Option<Watcher>) -> Report {
+        let id = meta.id;
+        if watcher.as_ref().is_some_and(Watcher::dropped) {
+            tracing::info!(queue_id = %id, "not attempted: its SMTP client was told to try again");
+            return Report::done(lane, id, false);
+        }
         let outcome = self.attempt.attempt(&meta).await;
         meta.attempts += 1;
         let answered = !matches!(
@@ -683,7 +793,11 @@ impl<A: Attempt> Worker<A> {
             }
         );
         self.counters.upstream(&lane.profile, answered);
-        let id = meta.id;
+        let (watcher, dropped) = match watcher.map(Watcher::claim) {
+            Some(Claimed::Worker(watcher)) => (Some(watcher), false),
+            Some(Claimed::Dropped) => (None, true),
+            Some(Claimed::Kept) | None => (None, false),
+        };
         let spool = self.spool.clone();
         let (class, retry_after, reason) = match outcome {
             Outcome::Delivered => {
@@ -704,16 +818,15 @@ impl<A: Attempt> Worker<A> {
                     meta.envelope.rcpt_to.len(),
                     self.clock.now_ms(),
                 );
-                let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
-                log_spool_result(id, result);
-                return Report::Done {
-                    lane,
-                    id,
-                    delivered: true,
-                    retry: None,
-                    pause: None,
-                    fault: None,
-                };
+                // A dropped entry's files are gone already.
+                if !dropped {
+                    let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
+                    log_spool_result(id, result);
+                }
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Delivered);
+                }
+                return Report::done(lane, id, true);
             }
             Outcome::NotDelivered {
                 class,
@@ -736,6 +849,37 @@ impl<A: Attempt> Worker<A> {
             }
             _ => None,
         };
+        let pause = match &decision {
+            Decision::Retry { pause, .. } => *pause,
+            Decision::Fail { .. } => None,
+        };
+        // Entries whose client was told to try again are not kept: the client sends them again.
+        let not_kept = dropped
+            || (watcher.as_ref().map(Watcher::wait) == Some(Wait::Synchronous)
+                && matches!(decision, Decision::Retry { .. }));
+        if not_kept {
+            tracing::info!(
+                queue_id = %id,
+                mailbox = %lane.mailbox,
+                %reason,
+                "not delivered; its SMTP client was told to try again, so it is not kept"
+            );
+            if !dropped {
+                let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
+                log_spool_result(id, result);
+            }
+            if let Some(watcher) = watcher {
+                watcher.tell(Verdict::TryLater);
+            }
+            return Report::Done {
+                lane,
+                id,
+                delivered: false,
+                retry: None,
+                pause,
+                fault,
+            };
+        }
         match decision {
             Decision::Retry { at_ms, pause } => {
                 self.counters.retried();
@@ -757,6 +901,9 @@ impl<A: Attempt> Worker<A> {
                 let persisted = meta.clone();
                 let result = tokio::task::spawn_blocking(move || spool.update(&persisted)).await;
                 log_spool_result(id, result);
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Queued);
+                }
                 Report::Done {
                     lane,
                     id,
@@ -767,7 +914,8 @@ impl<A: Attempt> Worker<A> {
                 }
             }
             Decision::Fail { why } => {
-                self.counters.failed(failure_label(why));
+                let (label, cause) = failure_cause(why);
+                self.counters.failed(label);
                 meta.last_error = Some(format!("{why}: {reason}"));
                 tracing::warn!(
                     event = "message_failed",
@@ -779,28 +927,73 @@ impl<A: Attempt> Worker<A> {
                     reason = meta.last_error.as_deref().unwrap_or(""),
                     "message failed; moved to failed/"
                 );
+                // A client answered 554 in the session knows already: no notice.
+                let reporter = self
+                    .dsn
+                    .clone()
+                    .filter(|_| watcher.is_none() && Reporter::wants(&meta));
                 let failed = meta.clone();
-                let result = tokio::task::spawn_blocking(move || spool.fail(&failed)).await;
-                log_spool_result(id, result);
-                Report::Done {
-                    lane,
-                    id,
-                    delivered: false,
-                    retry: None,
-                    pause: None,
-                    fault: None,
+                let now_ms = self.clock.now_ms();
+                let result = tokio::task::spawn_blocking(move || {
+                    let original = reporter.as_ref().map(|_| spool.read_body(id));
+                    spool.fail(&failed)?;
+                    if let (Some(reporter), Some(original)) = (reporter, original) {
+                        let notice = original.map_err(Into::into).and_then(|original| {
+                            reporter.spool(&spool, &failed, cause, &original, now_ms)
+                        });
+                        return Ok(Some(notice));
+                    }
+                    Ok(None)
+                })
+                .await;
+                let notice = match result {
+                    Ok(Ok(notice)) => notice,
+                    other => {
+                        log_spool_result(id, other.map(|r| r.map(drop)));
+                        None
+                    }
+                };
+                match notice {
+                    Some(Ok(mut notice)) => {
+                        // Due now by the scheduler's clock (the spool stamps the system's).
+                        notice.next_attempt_at_ms = now_ms;
+                        tracing::info!(queue_id = %id, notice = %notice.id, to = %meta.envelope.mail_from, "delivery status notification queued");
+                        let _ = self.notices.send(notice);
+                    }
+                    Some(Err(err)) => {
+                        tracing::error!(queue_id = %id, error = %err, "cannot queue a delivery status notification");
+                    }
+                    None => {}
                 }
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Refused);
+                }
+                Report::done(lane, id, false)
             }
         }
     }
 }
 
-/// The `reason` label of a failed message, from the policy's explanation.
-fn failure_label(why: &str) -> &'static str {
+impl Report {
+    /// An attempt that leaves nothing to retry and pauses nothing.
+    fn done(lane: Lane, id: QueueId, delivered: bool) -> Self {
+        Self::Done {
+            lane,
+            id,
+            delivered,
+            retry: None,
+            pause: None,
+            fault: None,
+        }
+    }
+}
+
+/// The `reason` label and the notice's cause of a failed message, from the policy's explanation.
+fn failure_cause(why: &str) -> (&'static str, Cause) {
     match why {
-        "refused" => "refused",
-        "too large for one request" => "too_large",
-        _ => "expired",
+        "refused" => ("refused", Cause::Refused),
+        "too large for one request" => ("too_large", Cause::TooLarge),
+        _ => ("expired", Cause::Expired),
     }
 }
 

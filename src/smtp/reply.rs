@@ -157,6 +157,15 @@ impl Reply {
         }
     }
 
+    /// `250` after Graph accepted the message (acknowledgement modes `synchronous`, `hybrid`).
+    pub fn delivered(id: impl std::fmt::Display) -> Self {
+        Self {
+            code: 250,
+            enhanced: Some((2, 0, 0)),
+            text: format!("Delivered as {id}").into(),
+        }
+    }
+
     /// `250` to a BDAT chunk that is not the last.
     pub fn chunk_received(size: usize) -> Self {
         Self {
@@ -199,6 +208,19 @@ impl Reply {
         (4, 3, 0),
         "Cannot queue the message now, try again later",
     );
+
+    /// `synchronous`: Graph refused the message for now; it was not kept.
+    pub const DELIVERY_DEFERRED: Reply =
+        reply(451, (4, 4, 0), "Message not delivered now, try again later");
+    /// `synchronous`: no answer from Graph in time; the message was not kept.
+    pub const DELIVERY_TIMED_OUT: Reply = reply(
+        451,
+        (4, 4, 1),
+        "No answer from the mail service in time, try again later",
+    );
+    /// `synchronous`, `hybrid`: Graph refused the message for good.
+    pub const DELIVERY_REFUSED: Reply =
+        reply(554, (5, 0, 0), "Message refused by the mail service");
 
     /// The disk is full or the spool is over `queue.max_size`: the client should try later.
     pub const SPOOL_FULL: Reply = reply(452, (4, 3, 1), "Queue full, try again later");
@@ -265,6 +287,11 @@ mod tests {
                 "220 relay.local ESMTP graph-relay ready\r\n",
             ),
             (Reply::queued("01J0"), "250 2.0.0 Queued as 01J0\r\n"),
+            (Reply::delivered("01J0"), "250 2.0.0 Delivered as 01J0\r\n"),
+            (
+                Reply::DELIVERY_REFUSED,
+                "554 5.0.0 Message refused by the mail service\r\n",
+            ),
             (
                 Reply::MESSAGE_TOO_BIG,
                 "552 5.3.4 Message too big for this relay\r\n",

@@ -24,7 +24,8 @@ use super::policy;
 use super::reply::{Offer, Reply};
 use super::security::Security;
 use super::stream::SmtpStream;
-use crate::config::{Config, ListenerConfig, ListenerMode};
+use crate::config::{AckMode, Config, ListenerConfig, ListenerMode};
+use crate::queue::ack::{Verdict, Wait};
 use crate::queue::scheduler::QueueHandle;
 use crate::queue::spool::{Envelope, IncomingMessage, Spool, SpoolError, now_ms};
 
@@ -915,7 +916,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Commits the complete message and answers; `250` only once it is durable.
+    /// Commits the complete message and answers; `250` only once it is durable, and in the
+    /// `synchronous` and `hybrid` acknowledgement modes after the first attempt's verdict.
     async fn commit(&mut self) {
         let Some(tx) = self.transaction.take() else {
             return;
@@ -952,8 +954,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     "message queued"
                 );
                 metrics::counter!(crate::telemetry::MESSAGES_RECEIVED).increment(1);
-                self.push(Reply::queued(meta.id));
-                self.ctx.queue.enqueue(meta);
+                let id = meta.id;
+                let wait = match self.config.queue.ack_mode {
+                    AckMode::Queued => None,
+                    AckMode::Synchronous => {
+                        Some((Wait::Synchronous, self.config.smtp.data_timeout))
+                    }
+                    AckMode::Hybrid => Some((Wait::Hybrid, self.config.queue.ack_wait)),
+                };
+                let reply = match wait {
+                    None => {
+                        self.ctx.queue.enqueue(meta);
+                        Reply::queued(id)
+                    }
+                    Some((wait, limit)) => {
+                        let watch = self.ctx.queue.enqueue_watched(meta, wait);
+                        let verdict = watch.verdict(limit, &self.ctx.spool, id).await;
+                        tracing::info!(queue_id = %id, ?verdict, "answered after the first attempt");
+                        match verdict {
+                            Verdict::Delivered => Reply::delivered(id),
+                            Verdict::Queued => Reply::queued(id),
+                            Verdict::TryLater => Reply::DELIVERY_DEFERRED,
+                            Verdict::TimedOut => Reply::DELIVERY_TIMED_OUT,
+                            Verdict::Refused => Reply::DELIVERY_REFUSED,
+                        }
+                    }
+                };
+                self.push(reply);
             }
             Err(err) if err.is_full() => {
                 tracing::warn!(client = %self.peer, error = %err, "spool full; message refused for now");

@@ -1,6 +1,6 @@
 //! Delivery engine end to end: Graph faults (429 storm, 503s, token outage, slow Graph), the
-//! `queue` command on a live and a stopped daemon, `452` when the spool is full, and SIGKILL
-//! under load. Assertions are "at least once": duplicates never exceed the ambiguous retries.
+//! `queue` command on a live and a stopped daemon, `452` when the spool is full, SIGKILL under
+//! load, and the acknowledgement modes (`queued`, `synchronous`, `hybrid`). Assertions are "at least once": duplicates never exceed the ambiguous retries.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -291,4 +291,175 @@ async fn every_acknowledged_message_arrives_after_sigkill_under_load() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let duplicates: usize = arrivals(&emulator).values().map(|n| n - 1).sum();
     assert!(duplicates <= 4, "{duplicates} duplicates");
+}
+
+/// Sends one message with `subject` and returns the reply to its end.
+async fn send_one(smtp: &mut SmtpClient, subject: &str) -> String {
+    smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
+    smtp.command("RCPT TO:<a@example.com>", "250").await;
+    smtp.command("DATA", "354").await;
+    smtp.send(&format!(
+        "From: {MAILBOX}\r\nTo: a@example.com\r\nSubject: {subject}\r\n\r\nx\r\n.\r\n"
+    ))
+    .await;
+    smtp.reply().await
+}
+
+/// A relay in acknowledgement mode `mode` against a fresh emulator.
+async fn relay_in_mode(
+    mode: &str,
+    spool: &std::path::Path,
+) -> (graph_relay_emulator::Emulator, Vec<(String, String)>, Relay) {
+    let emulator = emulator().await;
+    let env = with(
+        graph_env(&emulator, spool),
+        &[
+            ("GRAPH_RELAY_QUEUE__ACK_MODE", mode),
+            ("GRAPH_RELAY_QUEUE__ACK_WAIT", "3s"),
+        ],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    (emulator, env, relay)
+}
+
+#[tokio::test]
+async fn synchronous_mode_answers_after_graph_and_keeps_nothing_it_answered_4xx() {
+    let spool = tempfile::tempdir().unwrap();
+    let (emulator, env, relay) = relay_in_mode("synchronous", spool.path()).await;
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO sync", "250").await;
+
+    emulator.inject(Fault::graph(503, 1).retry_after("1"));
+    let reply = send_one(&mut smtp, "sync-503").await;
+    assert!(reply.starts_with("451 4.4.0 "), "{reply}");
+    let stats = queue_stats(&env);
+    assert_eq!(
+        stats["queued"] + stats["deferred"] + stats["in flight"] + stats["failed"],
+        0,
+        "told to try again, so not kept: {stats:?}"
+    );
+    // The client sends it again (after the mailbox's Retry-After): delivered, once.
+    let reply = send_one(&mut smtp, "sync-503").await;
+    assert!(reply.starts_with("250 2.0.0 Delivered as "), "{reply}");
+    assert_eq!(arrivals(&emulator).get("sync-503"), Some(&1));
+
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    let reply = send_one(&mut smtp, "sync-400").await;
+    assert!(reply.starts_with("554 5.0.0 "), "{reply}");
+    assert_eq!(queue_stats(&env)["failed"], 1, "a refusal goes to failed/");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        arrivals(&emulator).get("sync-503"),
+        Some(&1),
+        "{}",
+        relay.logs()
+    );
+    assert_eq!(arrivals(&emulator).get("sync-400"), None);
+}
+
+#[tokio::test]
+async fn hybrid_mode_answers_delivered_or_refused_and_queues_the_rest() {
+    let spool = tempfile::tempdir().unwrap();
+    let (emulator, env, relay) = relay_in_mode("hybrid", spool.path()).await;
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO hybrid", "250").await;
+
+    let reply = send_one(&mut smtp, "hybrid-ok").await;
+    assert!(reply.starts_with("250 2.0.0 Delivered as "), "{reply}");
+
+    emulator.inject(Fault::graph(503, 1).retry_after("1"));
+    let reply = send_one(&mut smtp, "hybrid-503").await;
+    assert!(reply.starts_with("250 2.0.0 Queued as "), "{reply}");
+    assert!(
+        eventually(Duration::from_secs(15), || arrivals(&emulator)
+            .contains_key("hybrid-503"))
+        .await,
+        "the queued message was not retried: {}",
+        relay.logs()
+    );
+
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    let reply = send_one(&mut smtp, "hybrid-400").await;
+    assert!(reply.starts_with("554 5.0.0 "), "{reply}");
+    let stats = queue_stats(&env);
+    assert_eq!(stats["failed"], 1, "{stats:?}");
+    assert_eq!(stats["queued"] + stats["deferred"], 0, "{stats:?}");
+    assert_eq!(arrivals(&emulator).get("hybrid-ok"), Some(&1));
+    assert_eq!(arrivals(&emulator).get("hybrid-503"), Some(&1));
+}
+
+#[tokio::test]
+async fn queued_mode_answers_before_graph_whatever_graph_says() {
+    let spool = tempfile::tempdir().unwrap();
+    let (emulator, env, relay) = relay_in_mode("queued", spool.path()).await;
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO queued", "250").await;
+    emulator.inject(Fault::graph(503, 1).retry_after("1"));
+    let reply = send_one(&mut smtp, "queued-503").await;
+    assert!(reply.starts_with("250 2.0.0 Queued as "), "{reply}");
+    assert!(
+        eventually(Duration::from_secs(15), || arrivals(&emulator)
+            .contains_key("queued-503"))
+        .await,
+        "{}",
+        relay.logs()
+    );
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    let reply = send_one(&mut smtp, "queued-400").await;
+    assert!(reply.starts_with("250 2.0.0 Queued as "), "{reply}");
+    assert!(
+        eventually(Duration::from_secs(10), || queue_stats(&env)["failed"] == 1).await,
+        "{}",
+        relay.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_message_produces_a_delivery_status_notification_to_its_sender() {
+    const POSTMASTER: &str = "postmaster@contoso.com";
+    let mut config = EmulatorConfig::single(TENANT, CLIENT_ID, SECRET);
+    config.mailboxes = Some(vec![MAILBOX.to_string(), POSTMASTER.to_string()]);
+    let emulator = graph_relay_emulator::start(config).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = with(
+        graph_env(&emulator, spool.path()),
+        &[("GRAPH_RELAY_QUEUE__DSN_FROM", POSTMASTER)],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO dsn", "250").await;
+    let reply = send_one(&mut smtp, "doomed").await;
+    assert!(reply.starts_with("250 2.0.0 Queued as "), "{reply}");
+    // A message with the null reverse-path fails too, and gets no notice.
+    emulator.inject(Fault::graph(400, 1).code("ErrorInvalidRecipients"));
+    smtp.command("MAIL FROM:<>", "250").await;
+    smtp.command("RCPT TO:<a@example.com>", "250").await;
+    smtp.command("DATA", "354").await;
+    smtp.send(&format!(
+        "From: {MAILBOX}\r\nSubject: bounce\r\n\r\nx\r\n.\r\n"
+    ))
+    .await;
+    assert!(smtp.reply().await.starts_with("250 "));
+
+    assert!(
+        emulator.wait_for_accepted(1, Duration::from_secs(20)).await,
+        "no notice: {}",
+        relay.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = accepted_messages(&emulator);
+    assert_eq!(accepted.len(), 1, "one notice only: {accepted:?}");
+    let (mailbox, notice) = &accepted[0];
+    assert_eq!(mailbox, POSTMASTER);
+    assert_eq!(notice["subject"], "Undelivered mail: doomed");
+    assert_eq!(
+        notice["toRecipients"][0]["emailAddress"]["address"],
+        MAILBOX
+    );
+    assert_eq!(
+        queue_stats(&env)["failed"],
+        2,
+        "both refused messages kept in failed/"
+    );
 }

@@ -104,6 +104,14 @@ struct Harness {
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
 fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
+    start_with(attempt, limits, |scheduler| scheduler)
+}
+
+fn start_with(
+    attempt: Arc<Scripted>,
+    limits: Limits,
+    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
+) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(tmp.path()).unwrap();
     let spool = Arc::new(spool);
@@ -124,6 +132,7 @@ fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
         clock,
         counters.clone(),
     );
+    let scheduler = configure(scheduler);
     let stop = CancellationToken::new();
     tokio::spawn(scheduler.run(Vec::new(), stop.clone(), TaskTracker::new()));
     Harness {
@@ -139,6 +148,31 @@ fn start(attempt: Arc<Scripted>, limits: Limits) -> Harness {
 impl Harness {
     /// Commits a message from `mailbox` to the spool and hands it to the scheduler.
     fn submit(&self, mailbox: &str) -> QueueId {
+        let meta = self.commit(mailbox);
+        let id = meta.id;
+        self.queue.enqueue(meta);
+        id
+    }
+
+    /// Like [`Harness::submit`], for a session that waits up to `limit` as `wait` says; returns
+    /// the id and the session's answer to come.
+    fn submit_watched(
+        &self,
+        mailbox: &str,
+        wait: Wait,
+        limit: Duration,
+    ) -> (QueueId, tokio::task::JoinHandle<Verdict>) {
+        let meta = self.commit(mailbox);
+        let id = meta.id;
+        let watch = self.queue.enqueue_watched(meta, wait);
+        let spool = self.spool.clone();
+        (
+            id,
+            tokio::spawn(async move { watch.verdict(limit, &spool, id).await }),
+        )
+    }
+
+    fn commit(&self, mailbox: &str) -> EntryMeta {
         let mut incoming = self.spool.receive().unwrap();
         self.spool
             .append(&mut incoming, b"Subject: x\r\n\r\nx\r\n")
@@ -156,9 +190,19 @@ impl Harness {
             )
             .unwrap();
         meta.next_attempt_at_ms = self.clock.now_ms();
-        let id = meta.id;
-        self.queue.enqueue(meta);
-        id
+        meta
+    }
+
+    fn is_queued(&self, id: QueueId) -> bool {
+        self.spool.read_body(id).is_ok()
+    }
+
+    fn is_failed(&self, id: QueueId) -> bool {
+        self.spool
+            .failed_entries()
+            .unwrap()
+            .iter()
+            .any(|meta| meta.id == id)
     }
 
     async fn list(&self) -> Vec<EntryView> {
@@ -476,4 +520,253 @@ fn count(counters: &Counters, name: &str) -> u64 {
         .iter()
         .find(|(n, _)| *n == name)
         .map_or(0, |(_, v)| *v)
+}
+
+fn refused() -> Outcome {
+    Outcome::NotDelivered {
+        class: Class::Permanent,
+        retry_after: None,
+        reason: "HTTP 400 ErrorInvalidRecipients".into(),
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test(start_paused = true)]
+async fn synchronous_answers_follow_the_first_attempt_and_only_delivered_or_refused_stay() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    attempt.answer("later@contoso.com", throttled(30_000));
+    attempt.answer("refused@contoso.com", refused());
+    let h = start(attempt.clone(), LIMITS);
+    let (ok, ok_answer) = h.submit_watched("ok@contoso.com", Wait::Synchronous, WAIT);
+    let (later, later_answer) = h.submit_watched("later@contoso.com", Wait::Synchronous, WAIT);
+    let (bad, bad_answer) = h.submit_watched("refused@contoso.com", Wait::Synchronous, WAIT);
+    assert_eq!(ok_answer.await.unwrap(), Verdict::Delivered);
+    assert_eq!(later_answer.await.unwrap(), Verdict::TryLater);
+    assert_eq!(bad_answer.await.unwrap(), Verdict::Refused);
+    assert!(!h.is_queued(ok));
+    assert!(!h.is_queued(later), "told to try again: not kept");
+    assert!(!h.is_failed(later));
+    assert!(h.is_failed(bad), "a refusal goes to failed/ as usual");
+    // Long after the Retry-After: the message the client must resend was never retried.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(attempt.attempts("later@contoso.com").len(), 1);
+    assert!(h.list().await.is_empty());
+    assert_eq!(count(&h.counters, crate::telemetry::MESSAGES_RETRIED), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_answers_delivered_refused_or_queued_and_keeps_what_it_queued() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    attempt.answer("later@contoso.com", throttled(30_000));
+    attempt.answer("refused@contoso.com", refused());
+    let h = start(attempt.clone(), LIMITS);
+    let (ok, ok_answer) = h.submit_watched("ok@contoso.com", Wait::Hybrid, WAIT);
+    let (later, later_answer) = h.submit_watched("later@contoso.com", Wait::Hybrid, WAIT);
+    let (bad, bad_answer) = h.submit_watched("refused@contoso.com", Wait::Hybrid, WAIT);
+    assert_eq!(ok_answer.await.unwrap(), Verdict::Delivered);
+    assert_eq!(later_answer.await.unwrap(), Verdict::Queued);
+    assert_eq!(bad_answer.await.unwrap(), Verdict::Refused);
+    assert!(!h.is_queued(ok));
+    assert!(h.is_queued(later), "acknowledged: kept for its retry");
+    assert!(h.is_failed(bad));
+    h.drained(Duration::from_secs(60)).await;
+    assert_eq!(attempt.attempts("later@contoso.com").len(), 2);
+    assert!(!h.is_queued(later), "delivered by its retry");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_acknowledges_a_slow_attempt_as_queued_and_the_worker_finishes_it() {
+    let attempt = Scripted::new(Duration::from_secs(8));
+    attempt.answer("slow@contoso.com", throttled(1_000));
+    let h = start(attempt.clone(), LIMITS);
+    let (id, answer) = h.submit_watched("slow@contoso.com", Wait::Hybrid, WAIT);
+    let started = Instant::now();
+    assert_eq!(answer.await.unwrap(), Verdict::Queued);
+    assert_eq!(
+        started.elapsed(),
+        WAIT,
+        "answered at the wait, not at Graph's answer"
+    );
+    assert!(h.is_queued(id));
+    // The 429 that comes after the answer is an ordinary retry of a queued message.
+    h.drained(Duration::from_secs(60)).await;
+    assert_eq!(attempt.attempts("slow@contoso.com").len(), 2);
+    assert!(!h.is_queued(id));
+    assert_eq!(count(&h.counters, crate::telemetry::MESSAGES_DELIVERED), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_synchronous_session_that_gives_up_mid_attempt_leaves_nothing_queued() {
+    // Graph answers after the session gave up: delivered or not, the worker must neither
+    // keep nor retry the message (its client was told 4xx), nor fail on the removed files.
+    let attempt = Scripted::new(Duration::from_secs(8));
+    attempt.answer("later@contoso.com", throttled(1_000));
+    let h = start(attempt.clone(), LIMITS);
+    let (ok, ok_answer) = h.submit_watched("ok@contoso.com", Wait::Synchronous, WAIT);
+    let (later, later_answer) = h.submit_watched("later@contoso.com", Wait::Synchronous, WAIT);
+    assert_eq!(ok_answer.await.unwrap(), Verdict::TimedOut);
+    assert_eq!(later_answer.await.unwrap(), Verdict::TimedOut);
+    assert!(
+        !h.is_queued(ok) && !h.is_queued(later),
+        "removed at the 4xx"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(attempt.attempts("ok@contoso.com").len(), 1);
+    assert_eq!(
+        attempt.attempts("later@contoso.com").len(),
+        1,
+        "not retried"
+    );
+    assert!(h.list().await.is_empty());
+    assert!(h.spool.failed_entries().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_synchronous_message_given_up_while_its_mailbox_is_paused_is_never_attempted() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(60_000));
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (id, answer) = h.submit_watched("a@contoso.com", Wait::Synchronous, WAIT);
+    assert_eq!(answer.await.unwrap(), Verdict::TimedOut);
+    assert!(!h.is_queued(id));
+    h.drained(Duration::from_secs(120)).await;
+    assert_eq!(
+        attempt.attempts("a@contoso.com").len(),
+        2,
+        "the 429 and its retry; the abandoned message never went out"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_session_gets_an_answer_when_its_message_is_deleted() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(3_600_000));
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (id, answer) = h.submit_watched("a@contoso.com", Wait::Hybrid, Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (tx, rx) = oneshot::channel();
+    h.queue.command(Command::Delete(id, tx));
+    assert!(rx.await.unwrap().unwrap());
+    let started = Instant::now();
+    assert_eq!(answer.await.unwrap(), Verdict::Queued);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "did not wait out its limit"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_message_gets_one_notice_unless_its_client_already_knows() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("queued@contoso.com", refused());
+    attempt.answer("hybrid@contoso.com", refused());
+    attempt.answer("", refused());
+    let h = start_with(attempt.clone(), LIMITS, |scheduler| {
+        scheduler.with_dsn(crate::queue::dsn::Reporter::new(
+            "postmaster@contoso.com",
+            "relay.test",
+        ))
+    });
+    let queued = h.submit("queued@contoso.com");
+    let (_, answer) = h.submit_watched("hybrid@contoso.com", Wait::Hybrid, WAIT);
+    assert_eq!(answer.await.unwrap(), Verdict::Refused);
+    h.drained(Duration::from_secs(10)).await;
+    // Only the queued message's sender is notified; the notice itself (null reverse-path) was
+    // then refused too, and got no notice of its own.
+    assert_eq!(attempt.attempts("").len(), 1, "one notice sent");
+    let failed = h.spool.failed_entries().unwrap();
+    assert_eq!(failed.len(), 3, "both messages and the notice");
+    let notice = failed
+        .iter()
+        .find(|meta| meta.envelope.mail_from.is_empty())
+        .unwrap();
+    assert_eq!(notice.envelope.rcpt_to, ["queued@contoso.com"]);
+    assert!(failed.iter().any(|meta| meta.id == queued));
+}
+
+fn paced(
+    attempt: Arc<Scripted>,
+    messages_per_minute: Option<u32>,
+    recipients_per_day: Option<u64>,
+) -> Harness {
+    start_with(attempt, LIMITS, |scheduler| {
+        scheduler.with_pacing(crate::queue::pacing::Pacing {
+            messages_per_minute,
+            recipients_per_day,
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_mailbox_sends_at_most_its_messages_per_minute_and_others_flow() {
+    let attempt = Scripted::new(Duration::from_millis(100));
+    let h = paced(attempt.clone(), Some(3), None);
+    let started = Instant::now();
+    for _ in 0..7 {
+        h.submit("a@contoso.com");
+    }
+    for _ in 0..2 {
+        h.submit("b@contoso.com");
+    }
+    h.drained(Duration::from_secs(300)).await;
+    let starts: Vec<Instant> = attempt
+        .attempts("a@contoso.com")
+        .iter()
+        .map(|(start, _)| *start)
+        .collect();
+    assert_eq!(starts.len(), 7, "waited, not failed");
+    for (i, start) in starts.iter().enumerate() {
+        let in_minute = starts
+            .iter()
+            .filter(|s| **s >= *start && **s < *start + Duration::from_secs(60))
+            .count();
+        assert!(
+            in_minute <= 3,
+            "{in_minute} requests in the minute from #{i}"
+        );
+    }
+    // Three at once, three a minute later, the last two minutes later: no slower than needed.
+    assert!(
+        starts[6] - started < Duration::from_secs(121),
+        "{:?}",
+        starts[6] - started
+    );
+    assert!(starts[3] - started >= Duration::from_secs(60));
+    assert!(
+        attempt
+            .attempts("b@contoso.com")
+            .iter()
+            .all(|(_, end)| *end < started + Duration::from_secs(1)),
+        "another mailbox is not held back"
+    );
+    assert!(h.spool.failed_entries().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_mailbox_waits_for_room_in_its_recipients_per_day() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    let h = paced(attempt.clone(), None, Some(3));
+    for _ in 0..5 {
+        h.submit("a@contoso.com");
+    }
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        attempt.attempts("a@contoso.com").len(),
+        3,
+        "in flight counts too"
+    );
+    let waiting = h.list().await;
+    assert_eq!(waiting.len(), 2);
+    assert!(waiting.iter().all(|view| view.state == EntryState::Queued));
+    // The first deliveries leave the 24-hour window; the rest go then.
+    tokio::time::sleep(Duration::from_secs(23 * 3600)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 5);
+    h.drained(Duration::from_secs(5)).await;
+    assert!(h.spool.failed_entries().unwrap().is_empty());
 }
