@@ -44,6 +44,8 @@ fn session_transaction(c: &mut Criterion) {
     let config = Config {
         smtp: SmtpConfig {
             max_message_size: 1 << 20,
+            // criterion sends all of a sample's iterations over one connection.
+            max_messages_per_connection: usize::MAX,
             ..SmtpConfig::default()
         },
         ..Config::default()
@@ -85,6 +87,7 @@ fn session_transaction(c: &mut Criterion) {
                     let mut seen = 0;
                     while seen < 4 {
                         let n = client.read(&mut reply).await.unwrap();
+                        assert!(n > 0, "the session closed the connection");
                         seen += reply[..n].iter().filter(|&&b| b == b'\n').count();
                     }
                 }

@@ -33,6 +33,18 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// This scenario's load, aimed at `addr`.
+    fn load(&self, addr: std::net::SocketAddr) -> Load {
+        Load {
+            addr,
+            sessions: self.sessions,
+            per_session: self.per_session,
+            total: self.total,
+            size: self.size,
+            mailboxes: self.mailboxes,
+        }
+    }
+
     fn label(&self) -> String {
         let size = if self.size >= 1 << 20 {
             format!("{} MB", self.size >> 20)
@@ -210,16 +222,8 @@ fn run_relay(scenario: &Scenario, dir: &Path) -> LoadReport {
         .unwrap();
     let emulator_cpu_before = process::thread_cpu_seconds("emulator");
     let relay_cpu_before = process::cpu_seconds(relay.0.id());
-    let load = Load {
-        addr: smtp,
-        sessions: scenario.sessions,
-        per_session: scenario.per_session,
-        total: scenario.total,
-        size: scenario.size,
-        mailboxes: scenario.mailboxes,
-    };
     let started = Instant::now();
-    let acks = load_runtime.block_on(load.run());
+    let acks = load_runtime.block_on(scenario.load(smtp).run());
     let acked_at = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
     while emulator.stats().accepted < scenario.total && Instant::now() < deadline {
@@ -254,8 +258,12 @@ fn start_relay(emulator: &Emulator, dir: &Path) -> (Child, std::net::SocketAddr)
     let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
         .arg("serve")
         .env_clear()
-        .env("RUST_LOG", "warn,graph_relay::app=info")
+        // The listener reports its address at info; everything else only when it goes wrong.
+        .env("RUST_LOG", "warn,graph_relay::smtp::listener=info")
         .env("GRAPH_RELAY_SMTP__LISTEN", "127.0.0.1:0")
+        // Every session of the load comes from 127.0.0.1; the per-client limit guards real
+        // networks, not this.
+        .env("GRAPH_RELAY_SMTP__MAX_CONNECTIONS_PER_CLIENT", "1000")
         .env("GRAPH_RELAY_HTTP__LISTEN", "127.0.0.1:0")
         .env("GRAPH_RELAY_QUEUE__DIR", dir.join("spool"))
         .env("GRAPH_RELAY_AUTH__TENANT_ID", TENANT)
@@ -269,19 +277,27 @@ fn start_relay(emulator: &Emulator, dir: &Path) -> (Child, std::net::SocketAddr)
         .spawn()
         .expect("relay starts");
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("SMTP listener bound"))
-        .and_then(|line| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix("address="))
-                .and_then(|a| a.parse().ok())
-        })
-        .expect("relay reports its listener");
-    // Keep draining stderr so the relay never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Read the relay's log on a thread: the address line must come within 30 s, and the pipe is
+    // drained afterwards so the relay never blocks on it.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("SMTP listener bound") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+                    .and_then(|a| a.parse().ok());
+                let _ = addr_tx.send(addr);
+            }
+        }
+    });
+    let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(addr)) => addr,
+        _ => {
+            let _ = child.kill();
+            panic!("the relay did not report its SMTP listener within 30 s");
+        }
+    };
     (child, addr)
 }
 
@@ -316,16 +332,8 @@ fn run_sink(sink: &Path, scenario: &Scenario) -> f64 {
         .enable_all()
         .build()
         .unwrap();
-    let load = Load {
-        addr,
-        sessions: scenario.sessions,
-        per_session: scenario.per_session,
-        total: scenario.total,
-        size: scenario.size,
-        mailboxes: scenario.mailboxes,
-    };
     let started = Instant::now();
-    runtime.block_on(load.run());
+    runtime.block_on(scenario.load(addr).run());
     let rate = scenario.total as f64 / started.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
