@@ -551,3 +551,83 @@ async fn graph_killed_mid_request_and_down_then_back_on_the_same_port_loses_noth
     // A runtime may not be dropped (blocking) inside the test's own.
     runtime.shutdown_background();
 }
+
+#[tokio::test]
+async fn a_trace_level_run_and_every_command_reveal_no_secret_token_or_password() {
+    use base64::Engine;
+    const PASSWORD: &str = "Sm7p-Pa55word!";
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    std::fs::write(&users, format!("printer:{hash}\n")).unwrap();
+    let env = with(
+        graph_env(&emulator, &dir.path().join("queue")),
+        &[
+            // Every crate's trace output: reqwest, hyper, h2 and rustls included.
+            ("RUST_LOG", "trace"),
+            ("GRAPH_RELAY_SMTP__PLAINTEXT_AUTH", "true"),
+            (
+                "GRAPH_RELAY_SMTP__AUTH__USERS_FILE",
+                users.to_str().unwrap(),
+            ),
+        ],
+    );
+    let relay = Relay::start(&["serve"], &env);
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO secretive", "250").await;
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0printer\0{PASSWORD}"));
+    smtp.command(&format!("AUTH PLAIN {plain}"), "235").await;
+    smtp.submit(MAILBOX, &["a@example.com"], "Subject: one\r\n\r\nx\r\n")
+        .await;
+    assert!(emulator.wait_for_accepted(1, Duration::from_secs(20)).await);
+    // Graph 401: the token is dropped and fetched again.
+    emulator.revoke_tokens();
+    smtp.submit(MAILBOX, &["a@example.com"], "Subject: two\r\n\r\nx\r\n")
+        .await;
+    assert!(emulator.wait_for_accepted(2, Duration::from_secs(20)).await);
+    let mut output = relay.kill();
+
+    let wrong = with(
+        env.clone(),
+        &[("GRAPH_RELAY_AUTH__CLIENT_SECRET", "wrong-secret-value")],
+    );
+    for (args, env) in [
+        (vec!["check-config"], &env),
+        (vec!["test-auth"], &env),
+        (vec!["test-auth"], &wrong),
+        (vec!["test-mail", "--to", "a@example.com"], &env),
+        (vec!["test-mail", "--to", "a@example.com"], &wrong),
+        (vec!["queue", "stats"], &env),
+        (vec!["queue", "list"], &env),
+    ] {
+        // Off the runtime: the emulator answering these commands runs on it.
+        let (args, env): (Vec<String>, _) =
+            (args.iter().map(|a| a.to_string()).collect(), env.clone());
+        let (_, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_relay(&args, &env)
+        })
+        .await
+        .unwrap();
+        output.push_str(&stdout);
+        output.push_str(&stderr);
+    }
+    assert!(output.contains("TRACE"), "not a trace-level run");
+    let encoded_secret: String = url_encode(SECRET);
+    for needle in [SECRET, &encoded_secret, PASSWORD, &plain, "eyJ"] {
+        assert!(!output.contains(needle), "{needle:?} leaked");
+    }
+}
+
+/// Form encoding, as the secret travels to the token endpoint.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
