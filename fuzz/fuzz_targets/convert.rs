@@ -1,45 +1,16 @@
-//! Fuzz target for the converter (`cargo +nightly fuzz run convert`): any bytes, in both
-//! formats and for the upload plan, must convert or give a `ConvertError`, never panic; and a
-//! JSON conversion always names every envelope recipient exactly once.
+//! cargo-fuzz target for the converter (`cargo +nightly fuzz run convert`); the harness lives in
+//! `fuzz/harness/convert.rs` so that `tests/fuzz_corpus.rs` replays the committed corpus too.
 #![no_main]
 
-use graph_relay::convert::{self, Arrival, Format, Options, Outgoing};
-use libfuzzer_sys::fuzz_target;
+#[path = "../harness/convert.rs"]
+mod harness;
 
 /// libfuzzer-sys's panic hook aborts even on panics the converter catches (mail-parser 0.11
 /// panics on some malformed multiparts, and `convert` treats those as unparseable). The default
 /// hook only prints; a panic that escapes still aborts through libfuzzer-sys's own catch.
 static DEFAULT_PANIC_HOOK: std::sync::Once = std::sync::Once::new();
 
-fuzz_target!(|data: &[u8]| {
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     DEFAULT_PANIC_HOOK.call_once(|| drop(std::panic::take_hook()));
-    let rcpt_to = vec!["a@example.com".to_owned(), "b@example.net".to_owned()];
-    let arrival = Arrival {
-        queue_id: "01FUZZ0000000000000000000",
-        received_at: 1_700_000_000,
-    };
-    for format in [Format::Json, Format::Mime] {
-        let options = Options {
-            format,
-            ..Options::default()
-        };
-        if let Ok(converted) = convert::convert(data, "s@example.org", &rcpt_to, arrival, &options)
-            && let Outgoing::Json(request) = &converted.outgoing
-        {
-            let message = &request.message;
-            let mut sent: Vec<String> = [
-                &message.to_recipients,
-                &message.cc_recipients,
-                &message.bcc_recipients,
-            ]
-            .into_iter()
-            .flatten()
-            .map(|r| r.email_address.address.to_lowercase())
-            .collect();
-            sent.sort();
-            assert_eq!(sent, ["a@example.com", "b@example.net"]);
-        }
-    }
-    let _ = convert::plan_upload(data, "s@example.org", &rcpt_to, &Options::default());
-    let _ = convert::check_at_data(data, "", &Options::default());
+    harness::run(data);
 });

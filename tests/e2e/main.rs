@@ -3,6 +3,7 @@
 
 mod delivery;
 mod fidelity;
+mod hardening;
 mod identity;
 mod operations;
 mod smtp;

@@ -56,7 +56,22 @@ impl Relay {
     /// Starts `graph-relay <args>` with exactly `env` (plus an ephemeral SMTP port) and waits
     /// until it reports its listener.
     pub fn start(args: &[&str], env: &[(String, String)]) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+        Relay::start_under(&[], args, env)
+    }
+
+    /// As [`Relay::start`], run through `wrapper` (e.g. `prlimit --nofile=1024:20000`), which
+    /// must exec the relay so that [`Relay::pid`] is the relay's.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(String, String)]) -> Relay {
+        let relay = env!("CARGO_BIN_EXE_graph-relay");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(relay);
+                command
+            }
+            None => Command::new(relay),
+        };
+        let mut child = command
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -118,6 +133,10 @@ impl Relay {
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn logs(&self) -> String {
