@@ -130,6 +130,8 @@ impl Reporter {
         );
         let subject = format!("Undelivered mail: {}", original_subject(headers));
         let message = MessageBuilder::new()
+            // Unique per failed message, and in the relay's own name rather than "localhost".
+            .message_id(format!("dsn.{}@{}", meta.id, one_line(&self.hostname)))
             .from(Address::new_address(Some("Mail Delivery System"), from))
             .to(Address::new_address(None::<&str>, to))
             .subject(subject)

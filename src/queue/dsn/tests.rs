@@ -59,6 +59,10 @@ fn a_notice_is_a_delivery_status_report_to_the_envelope_sender() {
     );
     assert_eq!(message.subject(), Some("Undelivered mail: Scan 42"));
     assert_eq!(
+        message.message_id(),
+        Some(format!("dsn.{}@relay.test", meta.id).as_str())
+    );
+    assert_eq!(
         message.header_raw("Auto-Submitted").map(str::trim),
         Some("auto-replied")
     );
