@@ -399,12 +399,7 @@ async fn deliver_with_tool(test: &str, tool: &str, args: &[&str], expected: usiz
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{tool} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(tool, &output);
     assert!(
         emulator
             .wait_for_accepted(expected, Duration::from_secs(15))

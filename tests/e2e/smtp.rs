@@ -196,12 +196,7 @@ async fn run_tool(test: &str, tool: &str, args: &[String]) -> bool {
     .await
     .expect("tool finishes within 60 s")
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{tool} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(tool, &output);
     true
 }
 

@@ -291,3 +291,13 @@ pub fn find_tool(name: &str) -> Option<std::path::PathBuf> {
         .map(|dir| Path::new(dir).join(name))
         .find(|candidate| candidate.is_file())
 }
+
+/// Fails the test, with the tool's output, unless it exited successfully.
+pub fn assert_succeeded(tool: &str, output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{tool} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
