@@ -104,7 +104,11 @@ pub async fn run(
         quarantined = recovered.quarantined,
         "spool opened"
     );
-    let spool = Arc::new(spool.with_max_size(config.queue.max_size));
+    let spool = Arc::new(
+        spool
+            .with_max_size(config.queue.max_size)
+            .with_sync(config.queue.sync),
+    );
     let delivery = Arc::new(
         Delivery::new(spool.clone(), outbound, config.graph.endpoint.clone()).with_fidelity(
             Fidelity {

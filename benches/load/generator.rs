@@ -27,6 +27,8 @@ pub struct LoadReport {
     pub peak_rss_mb: f64,
     pub relay_cpu_per_1k: f64,
     pub emulator_cpu_per_1k: f64,
+    /// Requests Graph refused (with no faults injected: 429s from too many in flight).
+    pub graph_refusals: f64,
 }
 
 impl LoadReport {
@@ -56,6 +58,7 @@ impl LoadReport {
             peak_rss_mb,
             relay_cpu_per_1k: relay_cpu * per_1k,
             emulator_cpu_per_1k: emulator_cpu * per_1k,
+            graph_refusals: 0.0,
         }
     }
 }

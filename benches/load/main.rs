@@ -150,9 +150,9 @@ fn main() {
     println!("relay: {}", env!("CARGO_BIN_EXE_graph-relay"));
     println!();
     println!(
-        "| scenario | acked/s | sink acked/s | ratio | delivered/s | p50 ack ms | p99 ack ms | peak RSS MB | relay CPU s/1k msg | emulator CPU s/1k msg |"
+        "| scenario | acked/s | sink acked/s | ratio | delivered/s | p50 ack ms | p99 ack ms | peak RSS MB | relay CPU s/1k msg | emulator CPU s/1k msg | Graph refusals |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let sink = find("smtp-sink");
     for scenario in scenarios {
         let mut rows: Vec<Run> = Vec::new();
@@ -170,7 +170,7 @@ fn main() {
         let acked = median(&|r| r.0.acked_per_s);
         let sink_acked = sink.as_ref().map(|_| median(&|r| r.1.unwrap_or(0.0)));
         println!(
-            "| {} | {:.0} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} |",
             scenario.label(),
             acked,
             sink_acked.map_or("–".into(), |s| format!("{s:.0}")),
@@ -181,6 +181,7 @@ fn main() {
             median(&|r| r.0.peak_rss_mb),
             median(&|r| r.0.relay_cpu_per_1k),
             median(&|r| r.0.emulator_cpu_per_1k),
+            median(&|r| r.0.graph_refusals),
         );
     }
     if sink.is_none() {
@@ -230,7 +231,8 @@ fn run_relay(scenario: &Scenario, dir: &Path) -> LoadReport {
         std::thread::sleep(Duration::from_millis(5));
     }
     let delivered_at = started.elapsed();
-    let delivered = emulator.stats().accepted;
+    let stats = emulator.stats();
+    let delivered = stats.accepted;
     let relay_cpu = process::cpu_seconds(relay.0.id()) - relay_cpu_before;
     let emulator_cpu = process::thread_cpu_seconds("emulator") - emulator_cpu_before;
     let peak_rss_mb = process::peak_rss_mb(relay.0.id());
@@ -242,7 +244,7 @@ fn run_relay(scenario: &Scenario, dir: &Path) -> LoadReport {
         delivered, scenario.total,
         "not every message was delivered within 10 minutes"
     );
-    LoadReport::new(
+    let mut report = LoadReport::new(
         &acks,
         scenario.total,
         acked_at,
@@ -250,7 +252,9 @@ fn run_relay(scenario: &Scenario, dir: &Path) -> LoadReport {
         relay_cpu,
         emulator_cpu,
         peak_rss_mb,
-    )
+    );
+    report.graph_refusals = stats.rejected as f64;
+    report
 }
 
 fn start_relay(emulator: &Emulator, dir: &Path) -> (Child, std::net::SocketAddr) {

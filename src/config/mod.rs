@@ -23,7 +23,7 @@ pub use graph::GraphConfig;
 pub use graph::{LargeMessages, MAX_REQUEST_BYTES, SINGLE_REQUEST_RAW_LIMIT, SenderKind};
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
-pub use queue::{AckMode, QueueConfig};
+pub use queue::{AckMode, QueueConfig, SyncMode};
 pub use smtp::SmtpConfig;
 pub use smtp::{
     ClientSpec, Domain, ListenerConfig, ListenerMode, MAIN_LISTENER, Network, SenderPattern,

@@ -25,13 +25,28 @@ pub enum AckMode {
     Hybrid,
 }
 
+/// How the spool makes an accepted message durable before its `250`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// One `syncfs` of the spool's filesystem covers every message that arrived meanwhile:
+    /// the fastest, but it also flushes other programs' writes on that filesystem, so give
+    /// `queue.dir` a filesystem of its own where other heavy writers share it.
+    #[default]
+    Filesystem,
+    /// `fsync` of each message's files (directory flushes still shared): one device flush per
+    /// message, unaffected by other writers; for filesystems where `syncfs` is not a flush.
+    File,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Spool directory; default `$STATE_DIRECTORY`, else `/var/spool/graph-relay`
     /// (with `serve --dry-run DIR`: `DIR/.queue`). Always absolute once loaded.
     pub dir: Option<PathBuf>,
-    /// Deliveries in flight at once, across all mailboxes.
+    /// Deliveries in flight at once, across all mailboxes; Graph takes 4 per mailbox, so the
+    /// default covers 32 sending mailboxes at Graph's limit.
     pub concurrency: usize,
     /// Wait before the second attempt; each further attempt waits twice as long.
     #[serde(with = "humantime_serde")]
@@ -51,6 +66,8 @@ pub struct QueueConfig {
     /// Largest total size of queued message bodies in bytes; beyond it new mail gets
     /// `452 4.3.1`. Unset: limited only by the disk.
     pub max_size: Option<u64>,
+    /// `filesystem` or `file`: how an accepted message is flushed to disk before its `250`.
+    pub sync: SyncMode,
     /// After SIGTERM, how long open sessions and deliveries in flight get to finish
     /// (under Kubernetes' 30 s); a second signal exits at once.
     #[serde(with = "humantime_serde")]
@@ -76,13 +93,14 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             dir: None,
-            concurrency: 32,
+            concurrency: 128,
             retry_initial: Duration::from_secs(30),
             retry_max: Duration::from_secs(3600),
             mailbox_concurrency: 4,
             max_age: Duration::from_secs(2 * 24 * 3600),
             fault_retry: Duration::from_secs(300),
             max_size: None,
+            sync: SyncMode::Filesystem,
             shutdown_grace: Duration::from_secs(25),
             ack_mode: AckMode::Queued,
             ack_wait: Duration::from_secs(5),

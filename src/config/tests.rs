@@ -398,6 +398,7 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("queue.max_size", "1000000", |c| {
             c.queue.max_size == Some(1_000_000)
         }),
+        ("queue.sync", "file", |c| c.queue.sync == SyncMode::File),
         ("queue.shutdown_grace", "10s", |c| {
             c.queue.shutdown_grace == Duration::from_secs(10)
         }),

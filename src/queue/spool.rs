@@ -3,7 +3,9 @@
 //! Layout of `queue.dir`: `<id>.eml` (the message as received) and `<id>.json` (its [`EntryMeta`]).
 //! The `.json` file is the commit marker, written last: body written and fsync'd, meta written to a
 //! temporary file and fsync'd, renamed into place, directory fsync'd. Only then does SMTP answer
-//! `250`. Permanent failures move to `failed/` with their reason; unreadable metadata moves to
+//! `250`. With `queue.sync = "filesystem"` the per-file fsyncs give way to two grouped `syncfs`
+//! calls (bodies, then commit markers), each shared by every message that arrived meanwhile.
+//! Permanent failures move to `failed/` with their reason; unreadable metadata moves to
 //! `corrupt/`. Every file operation goes through [`FileOps`], so a test can assert the order.
 
 use std::fs::{File, OpenOptions};
@@ -15,6 +17,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::SyncMode;
 
 const BODY_EXT: &str = "eml";
 const META_EXT: &str = "json";
@@ -134,6 +138,8 @@ pub trait FileOps: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// `fsync` of a directory, making creations, renames and removals in it durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// `syncfs` of the filesystem holding `dir`: every write made before it is durable.
+    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
 }
 
@@ -155,7 +161,9 @@ impl FileOps for RealFs {
     }
 
     fn sync(&self, file: &File, _path: &Path) -> io::Result<()> {
-        file.sync_all()
+        // fdatasync: the size and block map of a new file are part of its data; timestamps
+        // are not worth a second write.
+        file.sync_data()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -164,6 +172,10 @@ impl FileOps for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -198,15 +210,17 @@ pub struct Spool {
     used: AtomicU64,
     /// `queue.max_size`.
     max_size: Option<u64>,
-    /// Commits that arrive together share one directory fsync.
+    /// `queue.sync`.
+    sync_mode: SyncMode,
+    /// Commits that arrive together share one flush.
     dir_sync: DirSync,
     /// Held for the life of the spool: one process per spool directory.
     _lock: File,
 }
 
-/// Group commit of the spool directory: each committer takes a ticket after its rename; one
-/// of them fsyncs the directory for every ticket issued before the fsync started, the others
-/// wait for it. No commit returns before an fsync that began after its rename.
+/// Group commit: each committer (or remover) takes a ticket after its writes; one of them
+/// flushes (directory fsync or syncfs) for every ticket issued before the flush started, the
+/// others wait for it. No commit returns before a flush that began after its writes.
 #[derive(Default)]
 struct DirSync {
     state: Mutex<DirSyncState>,
@@ -266,6 +280,7 @@ impl Spool {
             fs,
             used: AtomicU64::new(0),
             max_size: None,
+            sync_mode: SyncMode::default(),
             dir_sync: DirSync::default(),
             _lock: lock,
         };
@@ -282,6 +297,12 @@ impl Spool {
     /// Limits the total size of queued bodies (`queue.max_size`).
     pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
         self.max_size = max_size;
+        self
+    }
+
+    /// Chooses how commits are flushed (`queue.sync`).
+    pub fn with_sync(mut self, sync_mode: SyncMode) -> Self {
+        self.sync_mode = sync_mode;
         self
     }
 
@@ -436,13 +457,23 @@ impl Spool {
             return Err(SpoolError::OverSize { used, size, max });
         }
         let meta_path = self.meta_path(meta.id);
-        let result = self
-            .fs
-            .sync(&incoming.file, &incoming.path)
-            .map_err(io_err(&incoming.path))
-            .and_then(|()| self.write_meta_unsynced(&self.dir, &meta))
+        // The body is durable before its commit marker can be: recovery trusts every marker.
+        let body_synced = match self.sync_mode {
+            SyncMode::File => self
+                .fs
+                .sync(&incoming.file, &incoming.path)
+                .map_err(io_err(&incoming.path)),
+            SyncMode::Filesystem => self.sync_grouped(),
+        };
+        let result = body_synced
             .and_then(|()| {
-                self.sync_dir_grouped().inspect_err(|_| {
+                // With `filesystem`, the flush after the rename covers the content too; a
+                // crash before it leaves a marker that was never acknowledged.
+                let sync_content = self.sync_mode == SyncMode::File;
+                self.write_meta_file(&self.dir, &meta, sync_content)
+            })
+            .and_then(|()| {
+                self.sync_grouped().inspect_err(|_| {
                     // Renamed but not durable: never acknowledged, so not kept either.
                     let _ = self.fs.remove(&meta_path);
                 })
@@ -454,8 +485,9 @@ impl Spool {
         result.map(|()| meta)
     }
 
-    /// Fsyncs the spool directory, sharing the fsync with commits that arrive meanwhile.
-    fn sync_dir_grouped(&self) -> Result<(), SpoolError> {
+    /// Flushes the spool directory (`file`) or its filesystem (`filesystem`), sharing the
+    /// flush with commits and removals that arrive meanwhile.
+    fn sync_grouped(&self) -> Result<(), SpoolError> {
         let sync = &self.dir_sync;
         let mut state = sync.state.lock().unwrap_or_else(|e| e.into_inner());
         state.issued += 1;
@@ -468,7 +500,10 @@ impl Spool {
                 state.syncing = true;
                 let covers = state.issued;
                 drop(state);
-                let result = self.fs.sync_dir(&self.dir);
+                let result = match self.sync_mode {
+                    SyncMode::File => self.fs.sync_dir(&self.dir),
+                    SyncMode::Filesystem => self.fs.sync_fs(&self.dir),
+                };
                 state = sync.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.syncing = false;
                 if result.is_ok() {
@@ -494,12 +529,17 @@ impl Spool {
 
     /// Writes `meta` into `dir` atomically: temp file, fsync, rename, fsync the directory.
     fn write_meta(&self, dir: &Path, meta: &EntryMeta) -> Result<(), SpoolError> {
-        self.write_meta_unsynced(dir, meta)?;
+        self.write_meta_file(dir, meta, true)?;
         self.fs.sync_dir(dir).map_err(io_err(dir))
     }
 
-    /// Temp file, fsync, rename; the caller fsyncs the directory.
-    fn write_meta_unsynced(&self, dir: &Path, meta: &EntryMeta) -> Result<(), SpoolError> {
+    /// Temp file, fsync (when `sync_content`), rename; the caller flushes the directory.
+    fn write_meta_file(
+        &self,
+        dir: &Path,
+        meta: &EntryMeta,
+        sync_content: bool,
+    ) -> Result<(), SpoolError> {
         let final_path = dir.join(format!("{}.{META_EXT}", meta.id));
         let tmp_path = dir.join(format!("{}.{TMP_EXT}", meta.id));
         let json = serde_json::to_vec(meta).expect("entry metadata always serialises");
@@ -509,7 +549,13 @@ impl Spool {
         let written = self
             .fs
             .write(&mut file, &tmp_path, &json)
-            .and_then(|()| self.fs.sync(&file, &tmp_path))
+            .and_then(|()| {
+                if sync_content {
+                    self.fs.sync(&file, &tmp_path)
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| self.fs.rename(&tmp_path, &final_path));
         if let Err(err) = written {
             drop(file);
@@ -549,7 +595,7 @@ impl Spool {
         self.fs.remove(&body).map_err(io_err(&body))?;
         self.used
             .fetch_sub(size.min(self.used()), Ordering::Relaxed);
-        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+        self.sync_grouped()
     }
 
     /// Moves an entry to `failed/` with the reason in its metadata.

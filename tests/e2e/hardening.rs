@@ -325,6 +325,9 @@ impl FileOps for NoSync {
     fn sync_dir(&self, _: &Path) -> io::Result<()> {
         Ok(())
     }
+    fn sync_fs(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
     fn remove(&self, path: &Path) -> io::Result<()> {
         RealFs.remove(path)
     }

@@ -45,6 +45,10 @@ impl FileOps for Recording {
         self.log("fsync-dir", dir);
         RealFs.sync_dir(dir)
     }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.log("syncfs", dir);
+        RealFs.sync_fs(dir)
+    }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.log("remove", path);
         RealFs.remove(path)
@@ -72,6 +76,7 @@ fn commit_writes_body_then_meta_with_every_fsync_in_order() {
     let dir = tmp.path().join("q");
     let recording = Arc::new(Recording::default());
     let (spool, _) = Spool::open_with(&dir, recording.clone()).unwrap();
+    let spool = spool.with_sync(SyncMode::File);
     recording.take();
 
     let meta = commit(&spool, b"Subject: hi\r\n\r\nbody\r\n");
@@ -92,6 +97,42 @@ fn commit_writes_body_then_meta_with_every_fsync_in_order() {
         ]
     );
     assert_eq!(spool.read_body(id).unwrap(), b"Subject: hi\r\n\r\nbody\r\n");
+}
+
+#[test]
+fn with_syncfs_the_body_is_flushed_before_its_commit_marker_exists_and_again_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let recording = Arc::new(Recording::default());
+    let (spool, _) = Spool::open_with(&dir, recording.clone()).unwrap();
+    let spool = spool.with_sync(SyncMode::Filesystem);
+    recording.take();
+
+    let meta = commit(&spool, b"Subject: hi\r\n\r\nbody\r\n");
+    let id = meta.id;
+    assert_eq!(
+        recording.take(),
+        vec![
+            format!("create {id}.eml"),
+            format!("write {id}.eml"),
+            "syncfs q".to_string(),
+            format!("create {id}.tmp"),
+            format!("write {id}.tmp"),
+            format!("rename {id}.tmp"),
+            format!("  to {id}.json"),
+            "syncfs q".to_string(),
+        ]
+    );
+    // Removal shares the flush too.
+    spool.remove(id).unwrap();
+    assert_eq!(
+        recording.take(),
+        vec![
+            format!("remove {id}.json"),
+            format!("remove {id}.eml"),
+            "syncfs q".to_string(),
+        ]
+    );
 }
 
 #[test]
@@ -231,6 +272,9 @@ fn a_failed_commit_leaves_nothing_behind() {
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             RealFs.sync_dir(dir)
         }
+        fn sync_fs(&self, _: &Path) -> io::Result<()> {
+            Err(io::Error::other("disk on fire"))
+        }
         fn remove(&self, path: &Path) -> io::Result<()> {
             RealFs.remove(path)
         }
@@ -301,6 +345,10 @@ impl FileOps for CrashAfter {
         self.step()?;
         RealFs.sync_dir(dir)
     }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.step()?;
+        RealFs.sync_fs(dir)
+    }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.step()?;
         RealFs.remove(path)
@@ -330,12 +378,20 @@ fn reopen(dir: &Path) -> (Spool, Vec<EntryMeta>) {
 
 #[test]
 fn a_crash_at_any_step_of_a_commit_loses_no_acknowledged_message() {
-    // create, write, fsync body; create, write, fsync, rename meta; fsync dir: 8 steps.
-    for allowed in 0..=8 {
+    // file: create, write, fsync body; create, write, fsync, rename meta; fsync dir: 8 steps.
+    // filesystem: create, write body; syncfs; create, write, rename meta; syncfs: 7 steps.
+    for (mode, steps) in [(SyncMode::File, 8), (SyncMode::Filesystem, 7)] {
+        crash_during_commit(mode, steps);
+    }
+}
+
+fn crash_during_commit(mode: SyncMode, steps: usize) {
+    for allowed in 0..=steps {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("q");
         let committed = {
             let (spool, _) = Spool::open_with(&dir, CrashAfter::new(allowed)).unwrap();
+            let spool = spool.with_sync(mode);
             spool
                 .receive()
                 .and_then(|mut incoming| {
@@ -345,16 +401,17 @@ fn a_crash_at_any_step_of_a_commit_loses_no_acknowledged_message() {
                 .ok()
         };
         let (spool, entries) = reopen(&dir);
+        let here = format!("{mode:?} step {allowed}");
         match &committed {
             // Acknowledged: it must be there, intact.
             Some(meta) => {
-                assert_eq!(entries, vec![meta.clone()], "step {allowed}");
+                assert_eq!(entries, vec![meta.clone()], "{here}");
                 assert_eq!(spool.read_body(meta.id).unwrap(), b"body");
             }
             // Not acknowledged: it may be there (the client retries: at least once) or not.
-            None => assert!(entries.len() <= 1, "step {allowed}"),
+            None => assert!(entries.len() <= 1, "{here}"),
         }
-        assert_eq!(allowed == 8, committed.is_some(), "step {allowed}");
+        assert_eq!(allowed == steps, committed.is_some(), "{here}");
     }
 }
 
@@ -426,10 +483,21 @@ fn the_spool_refuses_mail_over_max_size_and_makes_room_as_entries_leave() {
     assert!(disk_full.is_full());
 }
 
-/// Logs the start and end of each directory fsync, which takes a while, so commits pile up.
+/// Logs the start and end of each flush (directory fsync or syncfs), which takes a while, so
+/// commits pile up.
 #[derive(Default)]
 struct SlowDirSync {
     log: Mutex<Vec<String>>,
+}
+
+impl SlowDirSync {
+    fn slow_flush(&self, flush: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        self.log.lock().unwrap().push("flush start".into());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        flush()?;
+        self.log.lock().unwrap().push("flush end".into());
+        Ok(())
+    }
 }
 
 impl FileOps for SlowDirSync {
@@ -449,11 +517,10 @@ impl FileOps for SlowDirSync {
         Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.log.lock().unwrap().push("fsync-dir start".into());
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        RealFs.sync_dir(dir)?;
-        self.log.lock().unwrap().push("fsync-dir end".into());
-        Ok(())
+        self.slow_flush(|| RealFs.sync_dir(dir))
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.slow_flush(|| RealFs.sync_fs(dir))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         RealFs.remove(path)
@@ -462,10 +529,16 @@ impl FileOps for SlowDirSync {
 
 #[test]
 fn commits_arriving_together_share_a_flush_and_none_returns_before_its_flush() {
+    for mode in [SyncMode::File, SyncMode::Filesystem] {
+        commits_share_flushes(mode);
+    }
+}
+
+fn commits_share_flushes(mode: SyncMode) {
     let tmp = tempfile::tempdir().unwrap();
     let fs = Arc::new(SlowDirSync::default());
     let (spool, _) = Spool::open_with(tmp.path(), fs.clone()).unwrap();
-    let spool = Arc::new(spool);
+    let spool = Arc::new(spool.with_sync(mode));
     let threads: Vec<_> = (0..16)
         .map(|_| {
             let (spool, fs) = (spool.clone(), fs.clone());
@@ -480,8 +553,11 @@ fn commits_arriving_together_share_a_flush_and_none_returns_before_its_flush() {
         thread.join().unwrap();
     }
     let log = fs.log.lock().unwrap().clone();
-    let flushes = log.iter().filter(|l| *l == "fsync-dir start").count();
-    assert!(flushes < 16, "{flushes} flushes for 16 commits: {log:#?}");
+    let flushes = log.iter().filter(|l| *l == "flush start").count();
+    assert!(
+        flushes < 16,
+        "{mode:?}: {flushes} flushes for 16 commits: {log:#?}"
+    );
     for (ack_at, line) in log
         .iter()
         .enumerate()
@@ -494,12 +570,11 @@ fn commits_arriving_together_share_a_flush_and_none_returns_before_its_flush() {
             .unwrap();
         // A flush that started after the rename and ended before the acknowledgement.
         let covered = (renamed_at..ack_at).any(|start| {
-            log[start] == "fsync-dir start"
-                && log[start..ack_at].iter().any(|l| l == "fsync-dir end")
+            log[start] == "flush start" && log[start..ack_at].iter().any(|l| l == "flush end")
         });
         assert!(
             covered,
-            "{name} acknowledged without a covering flush: {log:#?}"
+            "{mode:?}: {name} acknowledged without a covering flush: {log:#?}"
         );
     }
 }
