@@ -691,6 +691,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Reply::MESSAGE_TOO_BIG
         } else if !from.address.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
             Reply::NEEDS_SMTPUTF8
+        } else if !from.address.is_empty() && !crate::convert::is_plain_address(&from.address) {
+            // It may become the From header of a MIME message (`graph.sender = "envelope"`).
+            Reply::BAD_SENDER_ADDRESS
         } else if !policy::sender_allowed(
             &smtp.sender_policy,
             self.peer.ip(),
