@@ -348,3 +348,36 @@ async fn nothing_from_the_session_can_inject_into_the_headers_added_in_mime_form
     );
     assert_eq!(value("To"), "bob@example.net");
 }
+
+#[tokio::test]
+async fn dry_run_requests_are_owner_only_even_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = tempfile::tempdir().unwrap();
+    let requests = out.path().join("made").join("requests");
+    let env = vec![(
+        "GRAPH_RELAY_QUEUE__DIR".to_string(),
+        out.path().join("queue").display().to_string(),
+    )];
+    // The most permissive umask: only the relay's own modes can keep the files private.
+    let relay = Relay::start_under(
+        &["sh", "-c", r#"umask 000 && exec "$0" "$@""#],
+        &["serve", "--dry-run", requests.to_str().unwrap()],
+        &env,
+    );
+    let mut smtp = SmtpClient::connect(relay.smtp).await;
+    smtp.command("EHLO dry", "250").await;
+    let id = smtp
+        .submit(MAILBOX, &["a@example.com"], "Subject: dry\r\n\r\nx\r\n")
+        .await;
+    let file = requests.join(format!("{id}.json"));
+    assert!(
+        eventually(Duration::from_secs(15), || file.exists()).await,
+        "{}",
+        relay.logs()
+    );
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "request file");
+    for dir in [&requests, requests.parent().unwrap()] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+}
