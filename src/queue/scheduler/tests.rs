@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
+use crate::queue::faulty_fs::FaultyFs;
 use crate::queue::spool::{Envelope, FileOps, RealFs};
 
 /// Every attempt takes `latency`; answers are scripted per mailbox, then `Delivered`.
@@ -781,48 +782,10 @@ async fn a_paced_mailbox_waits_for_room_in_its_recipients_per_day() {
     assert!(h.spool.failed_entries().unwrap().is_empty());
 }
 
-/// The real file system, whose removals fail as on a read-only mount while `read_only` is set.
-#[derive(Default)]
-struct ReadOnlyRemovals {
-    read_only: std::sync::atomic::AtomicBool,
-    tries: std::sync::atomic::AtomicUsize,
-}
-
-impl FileOps for ReadOnlyRemovals {
-    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        RealFs.create(path)
-    }
-    fn write(
-        &self,
-        file: &mut std::fs::File,
-        path: &std::path::Path,
-        bytes: &[u8],
-    ) -> std::io::Result<()> {
-        RealFs.write(file, path, bytes)
-    }
-    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync(file, path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.tries.fetch_add(1, SeqCst);
-        if self.read_only.load(SeqCst) {
-            return Err(std::io::ErrorKind::ReadOnlyFilesystem.into());
-        }
-        RealFs.remove(path)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_delivered_entry_that_cannot_be_removed_is_kept_intact_and_removed_later_not_resent() {
     use std::sync::atomic::Ordering::SeqCst;
-    let fs = Arc::new(ReadOnlyRemovals::default());
+    let fs = Arc::new(FaultyFs::default());
     fs.read_only.store(true, SeqCst);
     let attempt = Scripted::new(Duration::from_millis(10));
     let h = start_over(attempt.clone(), LIMITS, |s| s, fs.clone());
@@ -838,7 +801,7 @@ async fn a_delivered_entry_that_cannot_be_removed_is_kept_intact_and_removed_lat
         .filter(|e| e.as_ref().unwrap().path().extension() == Some("json".as_ref()))
         .count();
     assert_eq!(markers, 1, "the commit marker stays");
-    let tries = fs.tries.load(SeqCst);
+    let tries = fs.removals.load(SeqCst);
     assert!(
         (5..=20).contains(&tries),
         "{tries} removal tries in 10 minutes"

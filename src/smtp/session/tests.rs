@@ -9,6 +9,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::*;
 use crate::config::{MAIN_LISTENER, SmtpConfig};
 use crate::queue::EntryMeta;
+use crate::queue::faulty_fs::FaultyFs;
 use crate::queue::scheduler::QueueHandle;
 use crate::queue::spool::{FileOps, RealFs};
 
@@ -481,30 +482,6 @@ fn spawn_session(
     (client, tokio::spawn(session.run(stop)), dir)
 }
 
-/// A full disk: every write to a spool file fails with ENOSPC.
-struct DiskFull;
-
-impl FileOps for DiskFull {
-    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        RealFs.create(path)
-    }
-    fn write(&self, _: &mut std::fs::File, _: &std::path::Path, _: &[u8]) -> std::io::Result<()> {
-        Err(std::io::ErrorKind::StorageFull.into())
-    }
-    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync(file, path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        RealFs.remove(path)
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_answers_452_whether_mid_data_or_at_the_end() {
     let mut s = open_over(
@@ -512,7 +489,10 @@ async fn a_full_disk_answers_452_whether_mid_data_or_at_the_end() {
         no_security(),
         "127.0.0.1:40000",
         MAIN_LISTENER,
-        Arc::new(DiskFull),
+        Arc::new(FaultyFs {
+            full: true.into(),
+            ..FaultyFs::default()
+        }),
     )
     .await;
     s.reply().await;
