@@ -5,6 +5,8 @@
 //! headers would drop envelope-only (Bcc) recipients and still reach header addresses that a
 //! redirecting MTA removed. The headers only contribute display names and the To/Cc split.
 
+use std::borrow::Cow;
+
 use mail_parser::{Addr, Address, Message as MimeMessage};
 
 use crate::graph::model::Recipient;
@@ -86,4 +88,61 @@ pub(super) fn recipient(addr: &Addr<'_>) -> Option<Recipient> {
 fn same_address(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
         || ((!a.is_ascii() || !b.is_ascii()) && a.to_lowercase() == b.to_lowercase())
+}
+
+/// A `dot-atom@host.name` address (non-ASCII letters allowed, as SMTPUTF8 brings them). The
+/// SMTP parser takes quoted local parts and drops their quotes, so `"a>, b@evil.example"@x.y`
+/// arrives as `a>, b@evil.example@x.y`: envelope addresses end up in the `To`/`Bcc` headers of
+/// a MIME message, and only this form cannot add an address, a header or a line there.
+pub fn is_plain_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    // Non-ASCII whitespace includes U+2028/U+2029 and NEL, which some parsers take as line ends.
+    let other = |c: char| !c.is_ascii() && !c.is_control() && !c.is_whitespace();
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_separated = |text: &str, allowed: &dyn Fn(char) -> bool| {
+        text.split('.')
+            .all(|part| !part.is_empty() && part.chars().all(allowed))
+    };
+    dot_separated(local, &|c| atext(c) || other(c))
+        && dot_separated(domain, &|c| {
+            c.is_ascii_alphanumeric() || c == '-' || other(c)
+        })
+}
+
+/// An address as it can stand in a header. Envelope addresses are plain ([`super::convert`]
+/// checks); an address from the sender's own headers (the From of a cleaned display name) may
+/// not be: its local part is quoted and it loses whatever could end the header or the address
+/// list (controls, line ends, specials in the domain).
+pub(super) fn header_addr_spec(address: &str) -> Cow<'_, str> {
+    if is_plain_address(address) {
+        return Cow::Borrowed(address);
+    }
+    let printable = |c: &char| !c.is_control() && (c.is_ascii() || !c.is_whitespace());
+    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    // A local part quoted already (mail-parser keeps the quotes) is unquoted first.
+    let mut unquoted = String::new();
+    match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) => {
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                unquoted.extend(if c == '\\' { chars.next() } else { Some(c) });
+            }
+        }
+        None => unquoted.push_str(local),
+    }
+    let mut out = String::from('"');
+    for c in unquoted.chars().filter(printable) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out.push('@');
+    out.extend(domain.chars().filter(|c| {
+        c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || (!c.is_ascii() && printable(c))
+    }));
+    Cow::Owned(out)
 }

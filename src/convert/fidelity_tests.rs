@@ -6,7 +6,10 @@ use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::json;
 
 use super::tests::{run_with, to_json};
-use super::{Converted, Format, Options, Outgoing, SenderMode, Unparseable, check_at_data};
+use super::{
+    ConvertError, Converted, Format, Options, Outgoing, SenderMode, Unparseable, check_at_data,
+    repair,
+};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -438,4 +441,152 @@ fn input_that_panics_mail_parser_is_still_delivered() {
     };
     assert!(run_with(&raw, "app@example.com", &["bob@example.net"], &refuse).is_err());
     assert!(super::plan_upload(&raw, "", &["bob@example.net".to_owned()], &refuse).is_err());
+}
+
+/// The header names of a MIME message, in order, after checking that its header section has
+/// no bare CR or LF (which could end a field early).
+fn header_names(out: &[u8]) -> Vec<String> {
+    let section = repair::header_section(out);
+    let text = String::from_utf8_lossy(section);
+    assert!(
+        !text.replace("\r\n", "").contains(['\r', '\n']),
+        "bare CR or LF in {text:?}"
+    );
+    let parsed = MessageParser::default().parse(out).unwrap();
+    parsed
+        .headers()
+        .iter()
+        .map(|h| h.name().to_owned())
+        .collect()
+}
+
+#[test]
+fn addresses_cannot_inject_into_the_headers_the_relay_adds() {
+    // What smtp-proto leaves of quoted local parts (the SMTP door refuses them now, a spool
+    // written before may hold them), and worse: specials, CR/LF, Unicode line separators.
+    let hostile = [
+        "evil@attacker.example>, x@contoso.com",
+        "a\r\nBcc: evil@attacker.example\r\nX-Injected: 1@contoso.com",
+        "a\rX-Injected: 2@contoso.com",
+        "a\nX-Injected: 3@contoso.com",
+        "a\u{2028}X-Injected: 4@contoso.com",
+        "a\u{85}X-Injected: 5@contoso.com",
+        "q\"uo\\te;x:y@contoso.com",
+        "x@con>toso.com\r\nX-Injected: 6",
+    ];
+    let rcpt_to = [
+        "bob@example.net",
+        "jörg@bücher.example",
+        "o'brien+x@example.org",
+    ];
+    let raw = b"From: \"printer@contoso.com\" <printer@contoso.com>\r\nTo: bob@example.net\r\n\
+        Subject: s\r\n\r\nbody\r\n";
+    let options = Options {
+        sender: SenderMode::Envelope,
+        ..mime_options()
+    };
+    // A hostile envelope sender (written as From) or recipient (written as Bcc) is never
+    // written: the message fails with the address named, its control characters escaped.
+    for address in hostile {
+        let mut with_hostile = rcpt_to.to_vec();
+        with_hostile.push(address);
+        for (mail_from, rcpts) in [
+            (address, &rcpt_to[..]),
+            ("app@contoso.com", &with_hostile[..]),
+        ] {
+            for data in [&raw[..], b"no headers\r\n"] {
+                let err = run_with(data, mail_from, rcpts, &options).unwrap_err();
+                assert!(matches!(err, ConvertError::UnsafeAddress(ref a) if a == address));
+                assert!(!err.to_string().contains(['\r', '\n']), "{err}");
+            }
+        }
+    }
+
+    // Plain addresses, SMTPUTF8 ones included: each added header is one well-formed field.
+    let converted = run_with(raw, "app@contoso.com", &rcpt_to, &options).unwrap();
+    let out = mime(&converted);
+    let mut names = header_names(out);
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "Bcc",
+            "Date",
+            "From",
+            "Message-ID",
+            "Received",
+            "Reply-To",
+            "Subject",
+            "To"
+        ],
+        "{}",
+        String::from_utf8_lossy(out)
+    );
+    assert_eq!(
+        header_addresses(out, "Bcc"),
+        ["jörg@bücher.example", "o'brien+x@example.org"]
+    );
+    assert_eq!(header_addresses(out, "From"), ["app@contoso.com"]);
+    let wrapped = run_with(b"no headers\r\n", "app@contoso.com", &rcpt_to, &options).unwrap();
+    let out = mime(&wrapped);
+    let names = header_names(out);
+    assert_eq!(
+        names,
+        [
+            "Received",
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "MIME-Version",
+            "Content-Type",
+            "Content-Transfer-Encoding"
+        ]
+    );
+    assert_eq!(header_addresses(out, "To").len(), rcpt_to.len());
+}
+
+#[test]
+fn a_header_from_address_stays_one_quoted_address_when_its_name_is_cleaned() {
+    // The sender's own From header, rewritten only to drop the '@' from its display name: an
+    // odd address in it stays one quoted address on one line.
+    let raw = b"From: \"printer@contoso.com\" <\"odd, name\"@contoso.com>\r\n\
+        To: bob@example.net\r\nSubject: s\r\n\r\nbody\r\n";
+    let options = Options {
+        sender: SenderMode::Fixed("scanner@contoso.com".into()),
+        ..mime_options()
+    };
+    let converted = run_with(raw, "", &["bob@example.net"], &options).unwrap();
+    let out = mime(&converted);
+    assert_eq!(
+        header_names(out)
+            .iter()
+            .filter(|n| *n == "Reply-To")
+            .count(),
+        1
+    );
+    let reply_to = String::from_utf8_lossy(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("Reply-To: ").map(str::to_owned))
+        .unwrap();
+    assert_eq!(reply_to, "<\"odd, name\"@contoso.com>");
+}
+
+#[test]
+fn header_addr_spec_keeps_plain_addresses_and_quotes_the_rest() {
+    use super::address::header_addr_spec;
+    assert_eq!(
+        header_addr_spec("jörg@bücher.example"),
+        "jörg@bücher.example"
+    );
+    assert_eq!(header_addr_spec("a b@contoso.com"), "\"a b\"@contoso.com");
+    assert_eq!(
+        header_addr_spec("\"a \\\"b\"@contoso.com"),
+        "\"a \\\"b\"@contoso.com"
+    );
+    assert_eq!(
+        header_addr_spec("q\"u\\o\r\nBcc: x@con>toso.com\u{2028}"),
+        "\"q\\\"u\\\\oBcc: x\"@contoso.com"
+    );
 }

@@ -301,7 +301,7 @@ fn address_field(name: &str, recipients: &[Recipient]) -> String {
 
 /// `"Display Name" <address>`, the name RFC 2047 encoded when it is not ASCII.
 pub(super) fn format_address(recipient: &Recipient) -> String {
-    let address = &recipient.email_address.address;
+    let address = address::header_addr_spec(&recipient.email_address.address);
     match recipient.email_address.name.as_deref() {
         None | Some("") => format!("<{address}>"),
         Some(name) if name.is_ascii() && !name.chars().any(|c| c.is_ascii_control()) => {

@@ -13,6 +13,7 @@ mod address;
 mod attachment;
 mod body;
 mod headers;
+pub use address::is_plain_address;
 pub use headers::MAX_X_HEADERS;
 #[cfg(test)]
 mod fidelity_tests;
@@ -162,6 +163,13 @@ pub enum ConvertError {
          deliver to; the SMTP session must name at least one recipient"
     )]
     NoRecipients,
+    #[error(
+        "the address {0:?} cannot stand in a MIME header (a quoted local part, a special or a \
+         control character), and MIME sendMail takes its recipients and sender from the headers; \
+         the client must use plain local@domain addresses (the SMTP door refuses other envelope \
+         addresses at MAIL FROM and RCPT TO)"
+    )]
+    UnsafeAddress(String),
 }
 
 impl ConvertError {
@@ -171,7 +179,8 @@ impl ConvertError {
             ConvertError::Unparseable
             | ConvertError::NoSender
             | ConvertError::NoRecipients
-            | ConvertError::SignedTooLarge => false,
+            | ConvertError::SignedTooLarge
+            | ConvertError::UnsafeAddress(_) => false,
         }
     }
 }
@@ -273,6 +282,7 @@ pub fn convert(
             Unparseable::Refuse => Err(ConvertError::Unparseable),
             Unparseable::Mime => {
                 let sender = pick_sender(None, mail_from, options)?;
+                header_safe(&sender, rcpt_to)?;
                 let mime = mime::wrap_unparseable(&raw, &sender, rcpt_to, arrival, options);
                 Ok(Converted {
                     sender,
@@ -291,6 +301,7 @@ pub fn convert(
     let forced_mime = is_signed_or_encrypted(&parsed)
         .then_some("signed or encrypted: converting would break the signature");
     if options.format == Format::Mime || forced_mime.is_some() {
+        header_safe(&sender, rcpt_to)?;
         let mime = mime::rewrite(
             &parsed,
             &mime::Rewrite {
@@ -319,6 +330,18 @@ pub fn convert(
         message_id,
         forced_mime: None,
     })
+}
+
+/// MIME carries the sender and recipients in headers the relay writes: each must be a plain
+/// address, or it could add an address or a header there.
+fn header_safe(sender: &str, rcpt_to: &[String]) -> Result<(), ConvertError> {
+    match std::iter::once(sender)
+        .chain(rcpt_to.iter().map(String::as_str))
+        .find(|address| !is_plain_address(address))
+    {
+        Some(address) => Err(ConvertError::UnsafeAddress(address.to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// Who a message is sent as, and its From header.

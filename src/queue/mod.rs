@@ -8,6 +8,8 @@ pub mod ack;
 pub mod cli;
 pub mod control;
 pub mod dsn;
+#[cfg(test)]
+pub(crate) mod faulty_fs;
 pub mod metrics;
 pub mod pacing;
 pub mod retry;

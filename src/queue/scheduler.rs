@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -80,7 +81,7 @@ impl Clock {
 
     /// The tokio instant of a wall-clock time.
     fn instant(&self, at_ms: u64) -> tokio::time::Instant {
-        self.start + std::time::Duration::from_millis(at_ms.saturating_sub(self.epoch_ms))
+        self.start + Duration::from_millis(at_ms.saturating_sub(self.epoch_ms))
     }
 }
 
@@ -820,8 +821,7 @@ impl<A: Attempt> Worker<A> {
                 );
                 // A dropped entry's files are gone already.
                 if !dropped {
-                    let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
-                    log_spool_result(id, result);
+                    remove_done(spool, id).await;
                 }
                 if let Some(watcher) = watcher {
                     watcher.tell(Verdict::Delivered);
@@ -865,8 +865,7 @@ impl<A: Attempt> Worker<A> {
                 "not delivered; its SMTP client was told to try again, so it is not kept"
             );
             if !dropped {
-                let result = tokio::task::spawn_blocking(move || spool.remove(id)).await;
-                log_spool_result(id, result);
+                remove_done(spool, id).await;
             }
             if let Some(watcher) = watcher {
                 watcher.tell(Verdict::TryLater);
@@ -995,6 +994,47 @@ fn failure_cause(why: &str) -> (&'static str, Cause) {
         "too large for one request" => ("too_large", Cause::TooLarge),
         _ => ("expired", Cause::Expired),
     }
+}
+
+/// How long a failed removal waits before its next try: doubling up to a minute, so a spool
+/// that stays read-only costs one try a minute, not a busy loop.
+const REMOVAL_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
+/// Removes the entry of a message that is done (delivered, or not kept). When the spool
+/// refuses (read-only, I/O errors) the entry stays on disk intact and the removal is retried
+/// in the background until it succeeds, so this process does not send the message again; only
+/// a restart before then finds the entry and sends it again, as the error says.
+async fn remove_done(spool: Arc<Spool>, id: QueueId) {
+    let remove = move |spool: Arc<Spool>| tokio::task::spawn_blocking(move || spool.remove(id));
+    let error = match remove(spool.clone()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(err)) => err.to_string(),
+        Err(join) => join.to_string(),
+    };
+    tracing::error!(
+        queue_id = %id,
+        %error,
+        "message done but its spool entry cannot be removed; retrying the removal (a restart before it succeeds sends the message again)"
+    );
+    tokio::spawn(async move {
+        let mut wait = REMOVAL_RETRY.0;
+        loop {
+            tokio::time::sleep(wait).await;
+            match remove(spool.clone()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(queue_id = %id, "spool entry of a finished message removed after all");
+                    return;
+                }
+                // Its commit marker is gone already: nothing will send it again.
+                Ok(Err(SpoolError::Io { source, .. }))
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return;
+                }
+                _ => wait = (wait * 2).min(REMOVAL_RETRY.1),
+            }
+        }
+    });
 }
 
 fn log_spool_result(id: QueueId, result: Result<Result<(), SpoolError>, tokio::task::JoinError>) {

@@ -16,19 +16,11 @@ pub fn network_allowed(networks: &[Network], ip: IpAddr) -> bool {
 /// The refusal for a recipient, if any: `553 5.1.3` for addresses Graph cannot take, so one bad
 /// address cannot sink a whole message after its 250; `550 5.7.1` outside the allowed domains.
 pub fn recipient_refusal(address: &str, allowed_domains: &[Domain]) -> Option<Reply> {
-    let Some((local, domain)) = address.rsplit_once('@') else {
+    let Some((_, domain)) = address.rsplit_once('@') else {
         return Some(Reply::RECIPIENT_UNUSABLE);
     };
-    let unusable = local.is_empty()
-        || local.starts_with('"')
-        || local.contains(['"', '\\', ' '])
-        || domain.is_empty()
-        || domain.starts_with('[')
-        || !domain.contains('.')
-        || domain.starts_with('.')
-        || domain.ends_with('.')
-        || domain.contains("..");
-    if unusable {
+    // Graph sends to Internet domains only: no domain literal, no single-label host.
+    if !crate::convert::is_plain_address(address) || !domain.contains('.') {
         return Some(Reply::RECIPIENT_UNUSABLE);
     }
     let allowed = allowed_domains.is_empty()
@@ -87,7 +79,21 @@ mod tests {
             ("a@localhost", any, Some(553)),
             ("@contoso.com", any, Some(553)),
             ("a@contoso..com", any, Some(553)),
+            // What smtp-proto leaves of quoted local parts: specials, controls, line ends.
+            ("evil@attacker.example>, x@contoso.com", &contoso, Some(553)),
+            ("a,b;c:d<e>@contoso.com", any, Some(553)),
+            ("a\tb@contoso.com", any, Some(553)),
+            ("a\u{0}b@contoso.com", any, Some(553)),
+            ("a\u{85}b@contoso.com", any, Some(553)),
+            ("a\u{2028}Bcc: b@contoso.com", any, Some(553)),
+            ("a@contoso.com\u{7f}", any, Some(553)),
+            ("a@con>toso.com", any, Some(553)),
+            (".a@contoso.com", any, Some(553)),
+            // Plain dot-atoms, ASCII or not, are fine.
+            ("o'brien+tag@contoso.com", any, None),
+            ("jörg.müller@bücher.example", any, None),
         ];
+
         for (address, allowed, code) in cases {
             let refusal = recipient_refusal(address, allowed);
             assert_eq!(refusal.map(|r| r.code), *code, "{address} with {allowed:?}");

@@ -691,6 +691,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Reply::MESSAGE_TOO_BIG
         } else if !from.address.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
             Reply::NEEDS_SMTPUTF8
+        } else if !from.address.is_empty() && !crate::convert::is_plain_address(&from.address) {
+            // It may become the From header of a MIME message (`graph.sender = "envelope"`).
+            Reply::BAD_SENDER_ADDRESS
         } else if !policy::sender_allowed(
             &smtp.sender_policy,
             self.peer.ip(),
@@ -899,17 +902,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 tx.pending = pending;
             }
             Err(err) => {
-                tracing::error!(client = %self.peer, error = %err, "cannot spool message body");
+                // A full disk is the same "try later" as a full spool (`queue.max_size`).
+                let reply = if err.is_full() {
+                    tracing::warn!(client = %self.peer, error = %err, "spool full; message refused for now");
+                    Reply::SPOOL_FULL
+                } else {
+                    tracing::error!(client = %self.peer, error = %err, "cannot spool message body");
+                    Reply::LOCAL_ERROR
+                };
                 let skip = match &self.state {
                     State::Data(receiver) => Some(DummyDataReceiver::new_data(receiver)),
                     _ => None,
                 };
                 self.transaction = None;
                 match skip {
-                    Some(skip) => self.state = State::SkipData(skip, Reply::LOCAL_ERROR),
+                    Some(skip) => self.state = State::SkipData(skip, reply),
                     None => {
                         self.state = State::Command(RequestReceiver::default());
-                        self.push(Reply::LOCAL_ERROR);
+                        self.push(reply);
                     }
                 }
             }

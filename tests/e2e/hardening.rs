@@ -384,7 +384,7 @@ async fn a_hundred_thousand_spooled_messages_keep_memory_bounded() {
 }
 
 /// Arrivals per subject over several emulators (one per incarnation of Graph).
-fn arrivals(emulators: &[&graph_relay_emulator::Emulator]) -> HashMap<String, usize> {
+pub(super) fn arrivals(emulators: &[&graph_relay_emulator::Emulator]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for emulator in emulators {
         for (_, message) in accepted_messages(emulator) {
@@ -411,7 +411,7 @@ async fn ambiguous_retries(relay: &Relay) -> u64 {
 }
 
 /// Every acknowledged subject arrived; duplicates are bounded by `allowed`.
-async fn assert_all_arrive(
+pub(super) async fn assert_all_arrive(
     emulators: &[&graph_relay_emulator::Emulator],
     subjects: &[String],
     relay: &Relay,
@@ -435,7 +435,7 @@ async fn assert_all_arrive(
 }
 
 /// One transaction that tolerates refusal: the final reply (to DATA or the message).
-async fn transaction(smtp: &mut SmtpClient, subject: &str, body: &str) -> String {
+pub(super) async fn transaction(smtp: &mut SmtpClient, subject: &str, body: &str) -> String {
     smtp.command(&format!("MAIL FROM:<{MAILBOX}>"), "250").await;
     smtp.command("RCPT TO:<a@example.com>", "250").await;
     smtp.send("DATA\r\n").await;

@@ -2,6 +2,7 @@
 //! One test binary; each area adds a module beside this file.
 
 mod delivery;
+mod faults;
 mod fidelity;
 mod hardening;
 mod identity;

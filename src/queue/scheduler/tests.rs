@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::queue::spool::Envelope;
+use crate::queue::faulty_fs::FaultyFs;
+use crate::queue::spool::{Envelope, FileOps, RealFs};
 
 /// Every attempt takes `latency`; answers are scripted per mailbox, then `Delivered`.
 struct Scripted {
@@ -112,8 +113,18 @@ fn start_with(
     limits: Limits,
     configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
 ) -> Harness {
+    start_over(attempt, limits, configure, Arc::new(RealFs))
+}
+
+/// As [`start_with`], the spool's file operations being `fs`.
+fn start_over(
+    attempt: Arc<Scripted>,
+    limits: Limits,
+    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
+    fs: Arc<dyn FileOps>,
+) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let (spool, _) = Spool::open_with(tmp.path(), fs).unwrap();
     let spool = Arc::new(spool);
     let policy = RetryPolicy::try_new(
         Duration::from_secs(1),
@@ -769,4 +780,36 @@ async fn a_paced_mailbox_waits_for_room_in_its_recipients_per_day() {
     assert_eq!(attempt.attempts("a@contoso.com").len(), 5);
     h.drained(Duration::from_secs(5)).await;
     assert!(h.spool.failed_entries().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivered_entry_that_cannot_be_removed_is_kept_intact_and_removed_later_not_resent() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let fs = Arc::new(FaultyFs::default());
+    fs.read_only.store(true, SeqCst);
+    let attempt = Scripted::new(Duration::from_millis(10));
+    let h = start_over(attempt.clone(), LIMITS, |s| s, fs.clone());
+    let id = h.submit("a@contoso.com");
+    h.drained(Duration::from_secs(5)).await;
+    // Ten minutes of a read-only spool: the entry is on disk, whole, and still committed; the
+    // message was sent once; the removal is retried about once a minute, not in a busy loop.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 1);
+    assert_eq!(h.spool.read_body(id).unwrap(), b"Subject: x\r\n\r\nx\r\n");
+    let markers = std::fs::read_dir(h.spool.dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("json".as_ref()))
+        .count();
+    assert_eq!(markers, 1, "the commit marker stays");
+    let tries = fs.removals.load(SeqCst);
+    assert!(
+        (5..=20).contains(&tries),
+        "{tries} removal tries in 10 minutes"
+    );
+    // Writable again: the next try removes it, and nothing is sent again.
+    fs.read_only.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(!h.is_queued(id));
+    assert_eq!(attempt.attempts("a@contoso.com").len(), 1);
+    assert_eq!(count(&h.counters, crate::telemetry::MESSAGES_DELIVERED), 1);
 }

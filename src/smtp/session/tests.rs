@@ -9,7 +9,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::*;
 use crate::config::{MAIN_LISTENER, SmtpConfig};
 use crate::queue::EntryMeta;
+use crate::queue::faulty_fs::FaultyFs;
 use crate::queue::scheduler::QueueHandle;
+use crate::queue::spool::{FileOps, RealFs};
 
 mod policy;
 mod tls;
@@ -82,8 +84,19 @@ async fn open(config: SmtpConfig, security: Security, peer: &str) -> Harness {
 
 /// A session of the named listener for a client at `peer`, before its greeting is read.
 async fn open_on(config: SmtpConfig, security: Security, peer: &str, listener: &str) -> Harness {
+    open_over(config, security, peer, listener, Arc::new(RealFs)).await
+}
+
+/// As [`open_on`], with the spool's file operations `fs`.
+async fn open_over(
+    config: SmtpConfig,
+    security: Security,
+    peer: &str,
+    listener: &str,
+    fs: Arc<dyn FileOps>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let (spool, _) = Spool::open_with(dir.path(), fs).unwrap();
     let spool = Arc::new(spool);
     let (queue, queued) = QueueHandle::channel();
     let ctx = context(config, spool.clone(), queue, security, listener);
@@ -467,6 +480,35 @@ fn spawn_session(
     let (client, server) = tokio::io::duplex(capacity);
     let session = Session::new(server, "127.0.0.1:1".parse().unwrap(), ctx);
     (client, tokio::spawn(session.run(stop)), dir)
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_452_whether_mid_data_or_at_the_end() {
+    let mut s = open_over(
+        config(),
+        no_security(),
+        "127.0.0.1:40000",
+        MAIN_LISTENER,
+        Arc::new(FaultyFs {
+            full: true.into(),
+            ..FaultyFs::default()
+        }),
+    )
+    .await;
+    s.reply().await;
+    s.expect("EHLO c", "250").await;
+    // Small: the body is first written at the end of DATA. Large: mid-DATA, once the buffer
+    // is full, and the rest of the data is read and dropped.
+    for size in [10, 3 * BUFFER_SIZE] {
+        s.expect("MAIL FROM:<a@example.com>", "250").await;
+        s.expect("RCPT TO:<b@example.com>", "250").await;
+        s.expect("DATA", "354").await;
+        s.send(format!("Subject: x\r\n\r\n{}\r\n.\r\n", "y".repeat(size)))
+            .await;
+        assert_eq!(s.reply().await, "452 4.3.1 Queue full, try again later");
+    }
+    s.expect("NOOP", "250").await;
+    assert!(s.queued.try_recv().is_err(), "nothing was queued");
 }
 
 #[tokio::test]

@@ -147,6 +147,14 @@ async fn recipients_outside_allowed_domains_or_unusable_by_graph_are_refused_at_
     s.expect("RCPT TO:<bob@fabrikam.com>", "550 5.7.1").await;
     s.expect("RCPT TO:<a@[192.0.2.1]>", "553 5.1.3").await;
     s.expect("RCPT TO:<\"a b\"@contoso.com>", "553 5.1.3").await;
+    // Unquoted by the parser, this would put <evil@attacker.example> in a MIME Bcc header.
+    s.expect(
+        "RCPT TO:<\"evil@attacker.example>, x\"@contoso.com>",
+        "553 5.1.3",
+    )
+    .await;
+    s.expect("RCPT TO:<\"a\tBcc: b\"@contoso.com>", "553 5.1.3")
+        .await;
     s.expect("RCPT TO:<postmaster>", "553 5.1.3").await;
     s.expect("RCPT TO:<nodomain>", "553 5.1.3").await;
     s.expect("RCPT TO:<Bob@Contoso.com>", "250 2.1.5").await;
@@ -154,6 +162,24 @@ async fn recipients_outside_allowed_domains_or_unusable_by_graph_are_refused_at_
     s.send("x\r\n.\r\n").await;
     Harness::queued_id(&s.reply().await);
     assert_eq!(s.next_queued().await.envelope.rcpt_to, ["Bob@Contoso.com"]);
+}
+
+#[tokio::test]
+async fn senders_that_could_not_be_a_header_address_are_refused_at_mail() {
+    let mut s = start(config()).await;
+    s.expect("EHLO c", "250").await;
+    for hostile in [
+        "\"a>, evil@attacker.example\"@contoso.com",
+        "\"a\u{b}Bcc: evil@attacker.example\"@contoso.com",
+        "\"a b\"@contoso.com",
+        "\"a\\\"b\"@contoso.com",
+    ] {
+        s.expect(&format!("MAIL FROM:<{hostile}>"), "501 5.1.7")
+            .await;
+    }
+    s.expect("MAIL FROM:<\"printer\"@contoso.com>", "250").await;
+    s.expect("RSET", "250").await;
+    s.expect("MAIL FROM:<>", "250").await;
 }
 
 fn sender_policy() -> SmtpConfig {
