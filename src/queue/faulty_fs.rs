@@ -37,6 +37,9 @@ impl FileOps for FaultyFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         RealFs.sync_dir(dir)
     }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        RealFs.sync_fs(dir)
+    }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.removals.fetch_add(1, SeqCst);
         if self.read_only.load(SeqCst) {
