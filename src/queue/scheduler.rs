@@ -49,8 +49,9 @@ impl Lane {
 pub trait Attempt: Send + Sync + 'static {
     /// The lane an entry's requests count against.
     fn lane(&self, meta: &EntryMeta) -> impl Future<Output = Lane> + Send;
-    /// Makes one attempt (its 401 retry included) and says what became of it.
-    fn attempt(&self, meta: &EntryMeta) -> impl Future<Output = Outcome> + Send;
+    /// Makes one attempt (its 401 retry included) and says what became of it. What the attempt
+    /// records in `meta` on the way (a draft id) is persisted with the outcome.
+    fn attempt(&self, meta: &mut EntryMeta) -> impl Future<Output = Outcome> + Send;
 }
 
 /// Wall-clock milliseconds as persisted in the spool, advanced by tokio's clock, so waits are
@@ -783,7 +784,7 @@ impl<A: Attempt> Worker<A> {
             tracing::info!(queue_id = %id, "not attempted: its SMTP client was told to try again");
             return Report::done(lane, id, false);
         }
-        let outcome = self.attempt.attempt(&meta).await;
+        let outcome = self.attempt.attempt(&mut meta).await;
         meta.attempts += 1;
         let answered = !matches!(
             outcome,

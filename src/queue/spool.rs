@@ -58,6 +58,17 @@ pub struct Envelope {
     pub client: String,
     /// Unix time in milliseconds when the message was acknowledged.
     pub received_at_ms: u64,
+    /// The listener it came in on (`listen` for `smtp.listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// The SMTP user, when the client authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The mailbox to send as, chosen at DATA by the sender setting then in force; absent in
+    /// entries spooled before it was recorded (and in the relay's own notices), whose sender is
+    /// found from the message by `[graph]`'s setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 /// Everything the spool persists about one entry besides its body.
@@ -294,7 +305,8 @@ impl Spool {
         &self.dir
     }
 
-    fn body_path(&self, id: QueueId) -> PathBuf {
+    /// Where an entry's body is (the upload path reads large attachments from it).
+    pub fn body_path(&self, id: QueueId) -> PathBuf {
         self.dir.join(format!("{id}.{BODY_EXT}"))
     }
 

@@ -88,6 +88,8 @@ struct Transaction {
     /// The message's header block, for the checks at the end of DATA (sender policy, a usable
     /// sender for Graph).
     head: Vec<u8>,
+    /// The mailbox Graph will send as, found by those checks.
+    sender: Option<String>,
 }
 
 /// What the synchronous parser needs the async shell to do next.
@@ -530,11 +532,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(Reply::FROM_REFUSED)
             }
             None => {
-                let options = self.config.graph.convert_options(&smtp.hostname);
-                crate::convert::check_at_data(&head, &mail_from, &options).map(|refusal| {
-                    tracing::warn!(reason = %refusal.text, "message refused at DATA");
-                    Reply::refused_at_data(&refusal)
-                })
+                let graph = &self.config.graph;
+                let mut options = graph.convert_options(&smtp.hostname);
+                options.sender =
+                    graph.sender_for(&self.listener.sender_override(), self.user.as_deref());
+                match crate::convert::check_at_data(&head, &mail_from, &options) {
+                    Ok(sender) => {
+                        tx.sender = Some(sender);
+                        None
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(reason = %refusal.text, "message refused at DATA");
+                        Some(Reply::refused_at_data(&refusal))
+                    }
+                }
             }
         };
         if let Some(reply) = refusal {
@@ -745,6 +756,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         transfer_started: None,
                         last_cr: false,
                         head: Vec::new(),
+                        sender: None,
                     });
                     self.push(Reply::SENDER_OK);
                 }
@@ -928,6 +940,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rcpt_to: tx.rcpt_to,
             client: self.peer.to_string(),
             received_at_ms: now_ms(),
+            listener: Some(self.ctx.listener.clone()),
+            user: self.user.clone(),
+            sender: tx.sender,
         };
         let (incoming, pending) = (tx.incoming, tx.pending);
         let result = tokio::task::spawn_blocking(move || {

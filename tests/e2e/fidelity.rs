@@ -327,8 +327,11 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
         graph_relay::convert::plan_upload(raw.as_bytes(), MAILBOX, &rcpt, &Default::default())
             .unwrap();
     assert_eq!(plan.large.len(), 1);
+    // The large attachment is read from the stored message as it is uploaded.
+    let stored = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(stored.path(), &raw).unwrap();
 
-    let refused = send_by_upload(&client, &token, &plan, Some(&orphan), |_| {
+    let refused = send_by_upload(&client, &token, &plan, stored.path(), Some(&orphan), |_| {
         Err("disk full".to_owned())
     })
     .await;
@@ -336,7 +339,7 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
     assert_eq!((emulator.open_drafts(), emulator.deleted_drafts()), (0, 2));
 
     let mut recorded = None;
-    send_by_upload(&client, &token, &plan, Some(&orphan), |id| {
+    send_by_upload(&client, &token, &plan, stored.path(), Some(&orphan), |id| {
         recorded = Some(id.to_owned());
         Ok(())
     })

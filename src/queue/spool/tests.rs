@@ -57,6 +57,9 @@ fn envelope() -> Envelope {
         rcpt_to: vec!["alice@example.com".into()],
         client: "127.0.0.1:40000".into(),
         received_at_ms: 1,
+        listener: None,
+        user: None,
+        sender: None,
     }
 }
 
