@@ -166,10 +166,10 @@ impl Delivery {
     /// The conversion options for one entry: `[graph]`'s, sending as the mailbox chosen at DATA
     /// (by the user's, listener's or `[graph]`'s sender setting) when the entry recorded one.
     fn options_for(&self, envelope: &Envelope) -> Cow<'_, convert::Options> {
-        match &envelope.sender {
-            Some(mailbox) => Cow::Owned(convert::Options {
+        match &envelope.origin {
+            Some(origin) => Cow::Owned(convert::Options {
                 // The original From still becomes Reply-To when it differs.
-                sender: SenderMode::Fixed(mailbox.clone()),
+                sender: SenderMode::Fixed(origin.sender.clone()),
                 ..self.fidelity.options.clone()
             }),
             None => Cow::Borrowed(&self.fidelity.options),
@@ -304,8 +304,8 @@ impl Delivery {
 
 impl Attempt for Delivery {
     async fn lane(&self, meta: &EntryMeta) -> Lane {
-        let sender = match &meta.envelope.sender {
-            Some(sender) => sender.clone(),
+        let sender = match &meta.envelope.origin {
+            Some(origin) => origin.sender.clone(),
             // Entries spooled before the sender was recorded at DATA: the mailbox the
             // conversion will choose. A message without a usable sender fails at its attempt,
             // so it may wait in its envelope sender's lane.

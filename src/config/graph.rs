@@ -316,7 +316,8 @@ impl GraphConfig {
             .unwrap_or_else(|| sender_mode(self.sender, Some(&self.fixed_sender)))
     }
 
-    /// What [`convert::convert`] needs (with `[graph]`'s own sender setting); `hostname` is `smtp.hostname`.
+    /// What [`convert::convert`] needs, with `[graph]`'s own sender setting; `hostname` is
+    /// `smtp.hostname`.
     pub fn convert_options(&self, hostname: &str) -> convert::Options {
         convert::Options {
             format: self.format,

@@ -166,9 +166,7 @@ impl Reporter {
             rcpt_to: vec![meta.envelope.mail_from.clone()],
             client: "graph-relay (delivery status notification)".into(),
             received_at_ms: now_ms,
-            listener: None,
-            user: None,
-            sender: None,
+            origin: None,
         };
         Ok(spool.commit(incoming, envelope)?)
     }

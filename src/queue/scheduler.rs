@@ -807,6 +807,8 @@ impl<A: Attempt> Worker<A> {
                     event = "message_delivered",
                     queue_id = %id,
                     client = %meta.envelope.client,
+                    listener = meta.envelope.origin.as_ref().map_or("", |o| o.listener.as_str()),
+                    user = meta.envelope.origin.as_ref().and_then(|o| o.user.as_deref()).unwrap_or(""),
                     mail_from = %meta.envelope.mail_from,
                     recipients = %meta.envelope.rcpt_to.join(","),
                     mailbox = %lane.mailbox,
@@ -921,6 +923,9 @@ impl<A: Attempt> Worker<A> {
                 tracing::warn!(
                     event = "message_failed",
                     queue_id = %id,
+                    client = %meta.envelope.client,
+                    listener = meta.envelope.origin.as_ref().map_or("", |o| o.listener.as_str()),
+                    user = meta.envelope.origin.as_ref().and_then(|o| o.user.as_deref()).unwrap_or(""),
                     mailbox = %lane.mailbox,
                     mail_from = %meta.envelope.mail_from,
                     recipients = meta.envelope.rcpt_to.len(),

@@ -27,7 +27,7 @@ use super::stream::SmtpStream;
 use crate::config::{AckMode, Config, ListenerConfig, ListenerMode};
 use crate::queue::ack::{Verdict, Wait};
 use crate::queue::scheduler::QueueHandle;
-use crate::queue::spool::{Envelope, IncomingMessage, Spool, SpoolError, now_ms};
+use crate::queue::spool::{Envelope, IncomingMessage, Origin, Spool, SpoolError, now_ms};
 
 /// Bytes read from the socket at a time, and the most body data held in memory per session.
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -940,9 +940,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rcpt_to: tx.rcpt_to,
             client: self.peer.to_string(),
             received_at_ms: now_ms(),
-            listener: Some(self.ctx.listener.clone()),
-            user: self.user.clone(),
-            sender: tx.sender,
+            origin: tx.sender.map(|sender| {
+                Box::new(Origin {
+                    listener: self.ctx.listener.clone(),
+                    user: self.user.clone(),
+                    sender,
+                })
+            }),
         };
         let (incoming, pending) = (tx.incoming, tx.pending);
         let result = tokio::task::spawn_blocking(move || {

@@ -611,6 +611,14 @@ async fn an_authenticated_users_sender_setting_wins_over_the_listeners() {
     );
     let (mailbox, sent) = accepted_messages(&emulator).remove(0);
     assert_eq!(mailbox, COPIER);
+    // The delivery log says where the message came from, as the spool recorded it.
+    let delivered = eventually(Duration::from_secs(10), || {
+        relay.logs().lines().any(|line| {
+            line.contains("message delivered") && line.contains("scan") && line.contains(USER)
+        })
+    })
+    .await;
+    assert!(delivered, "{}", relay.logs());
     assert_eq!(sent["from"]["emailAddress"]["address"], COPIER);
     assert_eq!(
         sent["replyTo"],

@@ -338,9 +338,7 @@ async fn a_hundred_thousand_spooled_messages_keep_memory_bounded() {
                 rcpt_to: vec!["a@example.com".to_string()],
                 client: "127.0.0.1:1".to_string(),
                 received_at_ms: graph_relay::queue::spool::now_ms(),
-                listener: None,
-                user: None,
-                sender: None,
+                origin: None,
             };
             spool.commit(incoming, envelope).unwrap();
         }

@@ -195,9 +195,7 @@ impl Harness {
                     rcpt_to: vec!["to@example.com".into()],
                     client: "127.0.0.1:1".into(),
                     received_at_ms: self.clock.now_ms(),
-                    listener: None,
-                    user: None,
-                    sender: None,
+                    origin: None,
                 },
             )
             .unwrap();

@@ -57,9 +57,7 @@ fn envelope() -> Envelope {
         rcpt_to: vec!["alice@example.com".into()],
         client: "127.0.0.1:40000".into(),
         received_at_ms: 1,
-        listener: None,
-        user: None,
-        sender: None,
+        origin: None,
     }
 }
 
@@ -507,8 +505,8 @@ fn commits_arriving_together_share_a_flush_and_none_returns_before_its_flush() {
     }
 }
 
-/// Entries spooled before the listener, user and sender were recorded still load (the
-/// delivery then finds the sender from the message); new ones keep all three.
+/// Entries spooled before their origin (listener, user, sender) was recorded still load (the
+/// delivery then finds the sender from the message); new ones keep it.
 #[test]
 fn entries_without_the_recorded_sender_still_load() {
     let tmp = tempfile::tempdir().unwrap();
@@ -531,21 +529,16 @@ fn entries_without_the_recorded_sender_still_load() {
     assert_eq!(entry.id, id);
     assert_eq!(entry.attempts, 1);
     assert_eq!(entry.envelope.mail_from, "app@example.com");
-    assert_eq!(
-        (
-            &entry.envelope.listener,
-            &entry.envelope.user,
-            &entry.envelope.sender
-        ),
-        (&None, &None, &None)
-    );
+    assert_eq!(entry.envelope.origin, None);
 
     let mut incoming = spool.receive().unwrap();
     spool.append(&mut incoming, b"x\r\n").unwrap();
     let recorded = Envelope {
-        listener: Some("scan".into()),
-        user: Some("scanner".into()),
-        sender: Some("scan@contoso.com".into()),
+        origin: Some(Box::new(Origin {
+            listener: "scan".into(),
+            user: Some("scanner".into()),
+            sender: "scan@contoso.com".into(),
+        })),
         ..envelope()
     };
     let meta = spool.commit(incoming, recorded.clone()).unwrap();

@@ -1,5 +1,5 @@
 //! The sending mailbox chosen at DATA by the user's, the listener's or `[graph]`'s sender
-//! setting, and kept in the spooled envelope with the listener and the user.
+//! setting, and kept in the spooled envelope's origin with the listener and the user.
 
 use super::policy::{plain, users};
 use super::*;
@@ -42,10 +42,10 @@ async fn a_fixed_sender_listener_takes_a_message_with_no_from_and_a_null_reverse
     let mut s = session("scan").await;
     let reply = s.transaction("", &["alice@example.com"], NO_FROM).await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    let envelope = s.next_queued().await.envelope;
-    assert_eq!(envelope.sender.as_deref(), Some("scan@contoso.com"));
-    assert_eq!(envelope.listener.as_deref(), Some("scan"));
-    assert_eq!(envelope.user, None);
+    let origin = s.next_queued().await.envelope.origin.unwrap();
+    assert_eq!(origin.sender, "scan@contoso.com");
+    assert_eq!(origin.listener, "scan");
+    assert_eq!(origin.user, None);
 }
 
 #[tokio::test]
@@ -63,9 +63,9 @@ async fn the_same_message_on_a_header_listener_is_refused_naming_the_from_header
         )
         .await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    let envelope = s.next_queued().await.envelope;
-    assert_eq!(envelope.sender.as_deref(), Some("app@contoso.com"));
-    assert_eq!(envelope.listener.as_deref(), Some(MAIN_LISTENER));
+    let origin = s.next_queued().await.envelope.origin.unwrap();
+    assert_eq!(origin.sender, "app@contoso.com");
+    assert_eq!(origin.listener, MAIN_LISTENER);
 }
 
 #[tokio::test]
@@ -81,8 +81,8 @@ async fn an_authenticated_users_setting_wins_over_the_listeners() {
         )
         .await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    let envelope = s.next_queued().await.envelope;
-    assert_eq!(envelope.sender.as_deref(), Some("copier@contoso.com"));
-    assert_eq!(envelope.user.as_deref(), Some("scanner"));
-    assert_eq!(envelope.listener.as_deref(), Some("scan"));
+    let origin = s.next_queued().await.envelope.origin.unwrap();
+    assert_eq!(origin.sender, "copier@contoso.com");
+    assert_eq!(origin.user.as_deref(), Some("scanner"));
+    assert_eq!(origin.listener, "scan");
 }
