@@ -115,6 +115,7 @@ fn spool_commit(c: &mut Criterion) {
         rcpt_to: vec!["alice@example.com".into()],
         client: "127.0.0.1:1".into(),
         received_at_ms: 0,
+        origin: None,
     };
     let mut group = c.benchmark_group("spool");
     group.measurement_time(Duration::from_secs(5));

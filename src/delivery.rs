@@ -1,13 +1,14 @@
 //! One delivery attempt of one spooled message: load it, convert it, get a token, send it, and
 //! say what became of it. The scheduler decides when attempts happen and applies the outcome.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Instrument;
 
 use crate::config::{LargeMessages, MAX_REQUEST_BYTES};
-use crate::convert::{self, Converted};
+use crate::convert::{self, Converted, SenderMode};
 use crate::graph::client::GraphError;
 use crate::graph::client::{GraphClient, send_mail_url};
 use crate::graph::dry_run::DryRunWriter;
@@ -15,7 +16,7 @@ use crate::graph::token::{DEFAULT_PROFILE, TokenError, TokenProvider};
 use crate::graph::upload::{self, UploadFailure};
 use crate::queue::retry::{Class, Failure, classify};
 use crate::queue::scheduler::{Attempt, Lane};
-use crate::queue::{EntryMeta, Spool};
+use crate::queue::{EntryMeta, Envelope, Spool};
 
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,21 +85,24 @@ impl Delivery {
     }
 
     /// The size ladder's upper rung: draft, attachments, upload sessions, send
-    /// ([`crate::graph::upload`]), with the draft id kept in the spool metadata meanwhile.
+    /// ([`crate::graph::upload`]), with the draft id kept in the entry (and the spool) meanwhile.
+    /// `raw` is dropped once planned: the large attachments are read from the spool file.
     async fn upload(
         &self,
         client: &GraphClient,
         tokens: &TokenProvider,
-        meta: &EntryMeta,
-        raw: &[u8],
+        meta: &mut EntryMeta,
+        raw: Vec<u8>,
     ) -> Outcome {
         let envelope = &meta.envelope;
-        let plan = match convert::plan_upload(
-            raw,
+        let planned = convert::plan_upload(
+            &raw,
             &envelope.mail_from,
             &envelope.rcpt_to,
-            &self.fidelity.options,
-        ) {
+            &self.options_for(envelope),
+        );
+        drop(raw);
+        let plan = match planned {
             Ok(plan) => plan,
             Err(err) => {
                 let reason = format!("cannot convert the message: {err}");
@@ -112,13 +116,16 @@ impl Delivery {
                 return Outcome::failure(token_failure(&err), 0, None, reason);
             }
         };
+        let body = self.spool.body_path(meta.id);
+        let orphan = meta.draft_id.clone();
+        // Kept in the entry too: the scheduler persists the entry after the attempt, and the
+        // next attempt must find this draft to delete it.
         let persist = |draft_id: &str| {
-            let mut updated = meta.clone();
-            updated.draft_id = Some(draft_id.to_owned());
-            self.spool.update(&updated).map_err(|e| e.to_string())
+            meta.draft_id = Some(draft_id.to_owned());
+            self.spool.update(meta).map_err(|e| e.to_string())
         };
-        let orphan = meta.draft_id.as_deref();
-        match upload::send_by_upload(client, &token, &plan, orphan, persist).await {
+        match upload::send_by_upload(client, &token, &plan, &body, orphan.as_deref(), persist).await
+        {
             Ok(accepted) => {
                 tracing::info!(
                     request_id = accepted.request_id.as_deref().unwrap_or(""),
@@ -130,6 +137,13 @@ impl Delivery {
             Err(UploadFailure::Persist(reason)) => {
                 let reason = format!("cannot record the draft id in the spool: {reason}");
                 Outcome::failure(Failure::Local, 0, None, reason)
+            }
+            Err(UploadFailure::Spool(reason)) => {
+                let reason = format!("cannot read the spooled message: {reason}");
+                Outcome::failure(Failure::Local, 0, None, reason)
+            }
+            Err(UploadFailure::Content(reason)) => {
+                Outcome::failure(Failure::Conversion, 0, None, reason)
             }
             Err(UploadFailure::Graph(err)) => {
                 let outcome =
@@ -149,13 +163,27 @@ impl Delivery {
         }
     }
 
+    /// The conversion options for one entry: `[graph]`'s, sending as the mailbox chosen at DATA
+    /// (by the user's, listener's or `[graph]`'s sender setting) when the entry recorded one.
+    fn options_for(&self, envelope: &Envelope) -> Cow<'_, convert::Options> {
+        match &envelope.origin {
+            Some(origin) => Cow::Owned(convert::Options {
+                // The original From still becomes Reply-To when it differs.
+                sender: SenderMode::Fixed(origin.sender.clone()),
+                ..self.fidelity.options.clone()
+            }),
+            None => Cow::Borrowed(&self.fidelity.options),
+        }
+    }
+
     /// Converts with `fidelity` instead of the defaults.
     pub fn with_fidelity(mut self, fidelity: Fidelity) -> Self {
         self.fidelity = fidelity;
         self
     }
 
-    pub async fn attempt(&self, meta: &EntryMeta) -> Outcome {
+    /// One attempt; what it learns on the way (the draft id of an upload) is recorded in `meta`.
+    pub async fn attempt(&self, meta: &mut EntryMeta) -> Outcome {
         let spool = self.spool.clone();
         let id = meta.id;
         let raw = match tokio::task::spawn_blocking(move || spool.read_body(id)).await {
@@ -170,7 +198,7 @@ impl Delivery {
         {
             let span = tracing::info_span!("upload", queue_id = %id);
             return self
-                .upload(client, tokens, meta, &raw)
+                .upload(client, tokens, meta, raw)
                 .instrument(span)
                 .await;
         }
@@ -186,7 +214,7 @@ impl Delivery {
             &envelope.mail_from,
             &envelope.rcpt_to,
             arrival,
-            &self.fidelity.options,
+            &self.options_for(envelope),
         ) {
             Ok(converted) => converted,
             Err(err) => {
@@ -255,7 +283,7 @@ impl Delivery {
                 let outcome = match sent {
                     Some(outcome) => outcome,
                     None => {
-                        self.upload(client, tokens, meta, &raw)
+                        self.upload(client, tokens, meta, raw)
                             .instrument(span)
                             .await
                     }
@@ -276,20 +304,28 @@ impl Delivery {
 
 impl Attempt for Delivery {
     async fn lane(&self, meta: &EntryMeta) -> Lane {
-        let spool = self.spool.clone();
-        let meta = meta.clone();
-        let options = self.fidelity.options.clone();
-        // The mailbox is the sender the conversion will choose; a message without a usable
-        // sender fails at its attempt, so it may wait in its envelope sender's lane.
-        let sender = tokio::task::spawn_blocking(move || {
-            spool
-                .read_body(meta.id)
-                .ok()
-                .and_then(|raw| convert::sender(&raw, &meta.envelope.mail_from, &options).ok())
-                .unwrap_or(meta.envelope.mail_from)
-        })
-        .await
-        .unwrap_or_default();
+        let sender = match &meta.envelope.origin {
+            Some(origin) => origin.sender.clone(),
+            // Entries spooled before the sender was recorded at DATA: the mailbox the
+            // conversion will choose. A message without a usable sender fails at its attempt,
+            // so it may wait in its envelope sender's lane.
+            None => {
+                let spool = self.spool.clone();
+                let meta = meta.clone();
+                let options = self.fidelity.options.clone();
+                tokio::task::spawn_blocking(move || {
+                    spool
+                        .read_body(meta.id)
+                        .ok()
+                        .and_then(|raw| {
+                            convert::sender(&raw, &meta.envelope.mail_from, &options).ok()
+                        })
+                        .unwrap_or(meta.envelope.mail_from)
+                })
+                .await
+                .unwrap_or_default()
+            }
+        };
         let profile = match &self.outbound {
             Outbound::Graph { tokens, .. } => tokens.profile_for(&sender),
             Outbound::DryRun(_) => DEFAULT_PROFILE.to_string(),
@@ -297,7 +333,7 @@ impl Attempt for Delivery {
         Lane::new(&profile, &sender)
     }
 
-    async fn attempt(&self, meta: &EntryMeta) -> Outcome {
+    async fn attempt(&self, meta: &mut EntryMeta) -> Outcome {
         Delivery::attempt(self, meta).await
     }
 }

@@ -1,6 +1,7 @@
 //! `[graph]`: where and how the Microsoft Graph `sendMail` requests go, and in what form
 //! (`format`, `sender`, the size ladder) messages are handed over.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,9 @@ pub struct GraphConfig {
     pub sender: SenderKind,
     /// The mailbox for `sender = "fixed"`; the original From is kept as Reply-To.
     pub fixed_sender: String,
+    /// `sender` and `fixed_sender` per SMTP user (the name it authenticated with), ahead of
+    /// its listener's and these.
+    pub user_senders: BTreeMap<String, SenderOverride>,
     /// Comma-separated `X-` header names to carry in JSON format (at most five, in this order);
     /// empty carries the message's first five `X-` headers.
     pub x_headers: String,
@@ -66,6 +70,60 @@ pub enum SenderKind {
     Header,
     Envelope,
     Fixed,
+}
+
+/// `sender` and `fixed_sender` of an SMTP user (`[graph.user_senders.NAME]`) or a listener,
+/// for devices that cannot set a From of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderOverride {
+    pub sender: Option<SenderKind>,
+    pub fixed_sender: Option<String>,
+}
+
+impl SenderOverride {
+    /// The mode it sets, if any; [`Self::validate`] has made sure a fixed one has a mailbox.
+    pub fn mode(&self) -> Option<SenderMode> {
+        Some(sender_mode(self.sender?, self.fixed_sender.as_deref()))
+    }
+
+    /// Checks that `prefix.sender` and `prefix.fixed_sender` make a usable pair: a fixed sender
+    /// names its mailbox, and a mailbox is not given without `sender = "fixed"`.
+    pub(super) fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let key = format!("{prefix}.fixed_sender");
+        match (self.sender, self.fixed_sender.as_deref().map(str::trim)) {
+            (Some(SenderKind::Fixed), None | Some("")) => Err(ConfigError::new(
+                key,
+                format!("must name the mailbox to send as when {prefix}.sender = \"fixed\""),
+            )),
+            (Some(SenderKind::Fixed), Some(mailbox)) => check_mailbox(&key, mailbox),
+            (_, Some(_)) => Err(ConfigError::new(
+                key,
+                format!("is used only with {prefix}.sender = \"fixed\"; set that too or remove it"),
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+}
+
+/// `graph.sender` (or an override) with its mailbox.
+fn sender_mode(kind: SenderKind, fixed_sender: Option<&str>) -> SenderMode {
+    match kind {
+        SenderKind::Header => SenderMode::Header,
+        SenderKind::Envelope => SenderMode::Envelope,
+        SenderKind::Fixed => SenderMode::Fixed(fixed_sender.unwrap_or_default().trim().to_owned()),
+    }
+}
+
+/// A `fixed_sender` value must look like a mailbox address.
+fn check_mailbox(key: &str, mailbox: &str) -> Result<(), ConfigError> {
+    if !mailbox.contains('@') || mailbox.contains(char::is_whitespace) {
+        return Err(ConfigError::new(
+            key,
+            format!("{mailbox:?} is not a mailbox address"),
+        ));
+    }
+    Ok(())
 }
 
 /// `graph.large_messages`.
@@ -92,6 +150,7 @@ impl Default for GraphConfig {
             save_to_sent_items: true,
             sender: SenderKind::Header,
             fixed_sender: String::new(),
+            user_senders: BTreeMap::new(),
             x_headers: String::new(),
             unparseable: Unparseable::Mime,
             large_messages: LargeMessages::Refuse,
@@ -181,11 +240,18 @@ impl GraphConfig {
                 "must name the mailbox to send as when graph.sender = \"fixed\"",
             ));
         }
-        if !fixed.is_empty() && (!fixed.contains('@') || fixed.contains(char::is_whitespace)) {
-            return Err(ConfigError::new(
-                "graph.fixed_sender",
-                format!("{fixed:?} is not a mailbox address"),
-            ));
+        if !fixed.is_empty() {
+            check_mailbox("graph.fixed_sender", fixed)?;
+        }
+        for (name, user) in &self.user_senders {
+            let prefix = format!("graph.user_senders.{name}");
+            user.validate(&prefix)?;
+            if user.sender.is_none() {
+                return Err(ConfigError::new(
+                    format!("{prefix}.sender"),
+                    "is required: \"header\", \"envelope\" or \"fixed\"",
+                ));
+            }
         }
         let names = self.x_header_names();
         if names.len() > convert::MAX_X_HEADERS {
@@ -241,16 +307,22 @@ impl GraphConfig {
             .collect()
     }
 
-    /// What [`convert::convert`] needs; `hostname` is `smtp.hostname`.
+    /// The sender setting for a message: its SMTP user's (`user_senders`), else its listener's,
+    /// else `sender` and `fixed_sender`.
+    pub fn sender_for(&self, listener: &SenderOverride, user: Option<&str>) -> SenderMode {
+        user.and_then(|name| self.user_senders.get(name))
+            .and_then(SenderOverride::mode)
+            .or_else(|| listener.mode())
+            .unwrap_or_else(|| sender_mode(self.sender, Some(&self.fixed_sender)))
+    }
+
+    /// What [`convert::convert`] needs, with `[graph]`'s own sender setting; `hostname` is
+    /// `smtp.hostname`.
     pub fn convert_options(&self, hostname: &str) -> convert::Options {
         convert::Options {
             format: self.format,
             save_to_sent_items: self.save_to_sent_items,
-            sender: match self.sender {
-                SenderKind::Header => SenderMode::Header,
-                SenderKind::Envelope => SenderMode::Envelope,
-                SenderKind::Fixed => SenderMode::Fixed(self.fixed_sender.trim().to_owned()),
-            },
+            sender: sender_mode(self.sender, Some(&self.fixed_sender)),
             x_headers: self.x_header_names(),
             unparseable: self.unparseable,
             hostname: hostname.to_owned(),

@@ -20,7 +20,9 @@ pub use auth::{
     read_secret_file, select_profile,
 };
 pub use graph::GraphConfig;
-pub use graph::{LargeMessages, MAX_REQUEST_BYTES, SINGLE_REQUEST_RAW_LIMIT, SenderKind};
+pub use graph::{
+    LargeMessages, MAX_REQUEST_BYTES, SINGLE_REQUEST_RAW_LIMIT, SenderKind, SenderOverride,
+};
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
 pub use queue::{AckMode, QueueConfig, SyncMode};
@@ -147,6 +149,14 @@ impl Config {
         self.smtp.validate()?;
         self.auth.validate(&self.graph.endpoint)?;
         self.graph.validate()?;
+        if let Some(name) = self.graph.user_senders.keys().next()
+            && self.smtp.auth.users_file.is_none()
+        {
+            return Err(ConfigError::new(
+                format!("graph.user_senders.{name}"),
+                "needs smtp.auth.users_file: only an authenticated SMTP user has a name",
+            ));
+        }
         self.queue.validate()
     }
 

@@ -102,6 +102,9 @@ impl SmtpConfig {
             allowed_networks: self.allowed_networks.clone(),
             require_auth: self.require_auth,
             plaintext_auth: self.plaintext_auth,
+            // `graph.sender` is this listener's setting.
+            sender: None,
+            fixed_sender: None,
         };
         std::iter::once((MAIN_LISTENER.to_string(), main))
             .chain(self.listeners.clone())
@@ -196,10 +199,11 @@ impl SmtpConfig {
     fn validate_listeners(&self) -> Result<(), ConfigError> {
         let mut addresses = Vec::new();
         for (name, listener) in self.all_listeners() {
-            let key = |field: &str| match name.as_str() {
-                MAIN_LISTENER => format!("smtp.{field}"),
-                _ => format!("smtp.listeners.{name}.{field}"),
+            let prefix = match name.as_str() {
+                MAIN_LISTENER => "smtp".to_owned(),
+                _ => format!("smtp.listeners.{name}"),
             };
+            let key = |field: &str| format!("{prefix}.{field}");
             let Some(address) = listener.address else {
                 return Err(ConfigError::new(key("address"), "is required"));
             };
@@ -222,6 +226,7 @@ impl SmtpConfig {
                     "needs smtp.tls.cert_file and smtp.tls.key_file",
                 ));
             }
+            listener.sender_override().validate(&prefix)?;
             if listener.require_auth && self.auth.users_file.is_none() {
                 return Err(ConfigError::new(
                     key("require_auth"),

@@ -72,6 +72,10 @@ fn code_keys() -> BTreeSet<String> {
         .auth
         .profiles
         .insert("NAME".into(), Default::default());
+    config
+        .graph
+        .user_senders
+        .insert("scanner".into(), Default::default());
     let mut keys = BTreeSet::new();
     collect_keys("", &serde_json::to_value(config).unwrap(), &mut keys);
     keys
@@ -240,6 +244,16 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("smtp.listeners.submission.plaintext_auth", "true", |c| {
             c.smtp.listeners["submission"].plaintext_auth
         }),
+        ("smtp.listeners.submission.sender", "fixed", |c| {
+            c.smtp.listeners["submission"].sender == Some(graph::SenderKind::Fixed)
+        }),
+        (
+            "smtp.listeners.submission.fixed_sender",
+            "copier@contoso.com",
+            |c| {
+                c.smtp.listeners["submission"].fixed_sender.as_deref() == Some("copier@contoso.com")
+            },
+        ),
         (
             "smtp.sender_policy.scanners.clients",
             "10.20.0.0/24,user:scanner",
@@ -364,6 +378,17 @@ fn every_documented_key_can_be_set_from_the_environment() {
         ("graph.fixed_sender", "scanner@contoso.com", |c| {
             c.graph.fixed_sender == "scanner@contoso.com"
         }),
+        ("graph.user_senders.scanner.sender", "fixed", |c| {
+            c.graph.user_senders["scanner"].sender == Some(graph::SenderKind::Fixed)
+        }),
+        (
+            "graph.user_senders.scanner.fixed_sender",
+            "scanner@contoso.com",
+            |c| {
+                c.graph.user_senders["scanner"].fixed_sender.as_deref()
+                    == Some("scanner@contoso.com")
+            },
+        ),
         ("graph.x_headers", "X-Legacy-App, x-mailer", |c| {
             c.graph.convert_options("h").x_headers == ["X-Legacy-App", "x-mailer"]
         }),
@@ -867,4 +892,148 @@ fn size_limit_is_the_smaller_of_smtp_and_the_ladder() {
     assert_eq!(config.graph.size_limit(25 * MIB), 25 * MIB);
     // 40 MB is above the default ceiling: refused at DATA.
     assert!(config.graph.size_limit(200 * MIB) < 40_000_000);
+}
+
+#[test]
+fn the_sender_setting_is_the_users_then_the_listeners_then_graphs() {
+    use crate::convert::SenderMode;
+    let fixed = |mailbox: &str| SenderOverride {
+        sender: Some(SenderKind::Fixed),
+        fixed_sender: Some(mailbox.into()),
+    };
+    let kind = |sender| SenderOverride {
+        sender: Some(sender),
+        fixed_sender: None,
+    };
+    let mut graph = GraphConfig {
+        sender: SenderKind::Envelope,
+        ..GraphConfig::default()
+    };
+    graph
+        .user_senders
+        .insert("copier".into(), fixed("copier@contoso.com"));
+    graph
+        .user_senders
+        .insert("app".into(), kind(SenderKind::Header));
+    let unset = SenderOverride::default();
+    let cases: &[(&SenderOverride, Option<&str>, SenderMode)] = &[
+        (&unset, None, SenderMode::Envelope),
+        (&unset, Some("someone"), SenderMode::Envelope),
+        (
+            &unset,
+            Some("copier"),
+            SenderMode::Fixed("copier@contoso.com".into()),
+        ),
+        (
+            &fixed("scan@contoso.com"),
+            None,
+            SenderMode::Fixed("scan@contoso.com".into()),
+        ),
+        // A user without a setting of its own gets the listener's.
+        (
+            &fixed("scan@contoso.com"),
+            Some("someone"),
+            SenderMode::Fixed("scan@contoso.com".into()),
+        ),
+        (
+            &fixed("scan@contoso.com"),
+            Some("copier"),
+            SenderMode::Fixed("copier@contoso.com".into()),
+        ),
+        (&fixed("scan@contoso.com"), Some("app"), SenderMode::Header),
+        (&kind(SenderKind::Header), None, SenderMode::Header),
+    ];
+    for (listener, user, expected) in cases {
+        assert_eq!(
+            &graph.sender_for(listener, *user),
+            expected,
+            "{listener:?} {user:?}"
+        );
+    }
+}
+
+#[test]
+fn sender_overrides_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "").unwrap();
+    let users = users.to_str().unwrap();
+    let listener = [("GRAPH_RELAY_SMTP__LISTENERS__SCAN__ADDRESS", "127.0.0.1:0")];
+    let with = |pairs: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        let mut all = listener.to_vec();
+        all.push(("GRAPH_RELAY_SMTP__AUTH__USERS_FILE", users));
+        all.extend_from_slice(pairs);
+        all
+    };
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("GRAPH_RELAY_SMTP__LISTENERS__SCAN__SENDER", "fixed")],
+            "smtp.listeners.scan.fixed_sender: must name the mailbox",
+        ),
+        (
+            &[(
+                "GRAPH_RELAY_SMTP__LISTENERS__SCAN__FIXED_SENDER",
+                "scan@contoso.com",
+            )],
+            "smtp.listeners.scan.fixed_sender: is used only with smtp.listeners.scan.sender = \"fixed\"",
+        ),
+        (
+            &[
+                ("GRAPH_RELAY_SMTP__LISTENERS__SCAN__SENDER", "fixed"),
+                ("GRAPH_RELAY_SMTP__LISTENERS__SCAN__FIXED_SENDER", "scanner"),
+            ],
+            "smtp.listeners.scan.fixed_sender: \"scanner\" is not a mailbox address",
+        ),
+        (
+            &[("GRAPH_RELAY_SMTP__LISTENERS__SCAN__SENDER", "from")],
+            "sender",
+        ),
+        (
+            &[("GRAPH_RELAY_GRAPH__USER_SENDERS__COPIER__SENDER", "fixed")],
+            "graph.user_senders.copier.fixed_sender: must name the mailbox",
+        ),
+        (
+            &[(
+                "GRAPH_RELAY_GRAPH__USER_SENDERS__COPIER__FIXED_SENDER",
+                "c@contoso.com",
+            )],
+            "graph.user_senders.copier.fixed_sender: is used only with",
+        ),
+    ];
+    for (pairs, needle) in cases {
+        let text = load(&with(pairs))
+            .expect_err(&format!("{pairs:?}"))
+            .to_string();
+        assert!(
+            text.contains(needle),
+            "{pairs:?}: {text:?} lacks {needle:?}"
+        );
+    }
+    // A user's setting needs users: only an authenticated client has a user name.
+    let text = load(&[("GRAPH_RELAY_GRAPH__USER_SENDERS__COPIER__SENDER", "header")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.starts_with("graph.user_senders.copier: needs smtp.auth.users_file"),
+        "{text}"
+    );
+    // Valid ones load, and check-config shows them.
+    let config = load(&with(&[
+        ("GRAPH_RELAY_SMTP__LISTENERS__SCAN__SENDER", "fixed"),
+        (
+            "GRAPH_RELAY_SMTP__LISTENERS__SCAN__FIXED_SENDER",
+            "scan@contoso.com",
+        ),
+        (
+            "GRAPH_RELAY_GRAPH__USER_SENDERS__COPIER__SENDER",
+            "envelope",
+        ),
+    ]))
+    .unwrap();
+    let printed = config.to_redacted_toml();
+    assert!(
+        printed.contains("fixed_sender = \"scan@contoso.com\""),
+        "{printed}"
+    );
+    assert!(printed.contains("[graph.user_senders.copier]"), "{printed}");
 }

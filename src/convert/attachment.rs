@@ -20,6 +20,8 @@ pub(super) struct Part<'a> {
     /// The fileAttachment with empty `contentBytes`.
     pub file: FileAttachment,
     pub bytes: Cow<'a, [u8]>,
+    /// Where its transfer-encoded body lies in the raw message, and how it is encoded.
+    pub source: (u32, u32, Encoding),
 }
 
 impl Part<'_> {
@@ -77,6 +79,11 @@ pub(super) fn parts<'a>(
             Part {
                 file,
                 bytes: content(message.raw_message(), part),
+                source: (
+                    part.raw_body_offset(),
+                    part.raw_end_offset(),
+                    transfer_encoding(part),
+                ),
             }
         })
         .collect()
@@ -130,6 +137,21 @@ fn safe_file_name(subject: &str) -> String {
     cleaned.trim().chars().take(100).collect()
 }
 
+/// How the part's raw body is encoded. When decoding failed (e.g. the closing boundary is
+/// missing) mail-parser keeps the part as undecoded text and forgets the encoding; the header
+/// still says what it was.
+fn transfer_encoding(part: &MessagePart<'_>) -> Encoding {
+    match part.content_transfer_encoding() {
+        Some(cte) if part.is_encoding_problem && cte.eq_ignore_ascii_case("base64") => {
+            Encoding::Base64
+        }
+        Some(cte) if part.is_encoding_problem && cte.eq_ignore_ascii_case("quoted-printable") => {
+            Encoding::QuotedPrintable
+        }
+        _ => part.encoding,
+    }
+}
+
 /// The part's bytes after transfer decoding, exactly as the sender attached them.
 ///
 /// mail-parser's binary parts already hold exactly that. Its text parts do not: they have been
@@ -147,17 +169,7 @@ pub(super) fn content<'a>(raw: &'a [u8], part: &'a MessagePart<'a>) -> Cow<'a, [
     let Some(encoded) = raw.get(start..end) else {
         return Cow::Borrowed(part.contents());
     };
-    // When decoding failed (e.g. the closing boundary is missing) mail-parser keeps the part as
-    // undecoded text and forgets the encoding; the header still says what it was.
-    let encoding = match part.content_transfer_encoding() {
-        Some(cte) if part.is_encoding_problem && cte.eq_ignore_ascii_case("base64") => {
-            Encoding::Base64
-        }
-        Some(cte) if part.is_encoding_problem && cte.eq_ignore_ascii_case("quoted-printable") => {
-            Encoding::QuotedPrintable
-        }
-        _ => part.encoding,
-    };
+    let encoding = transfer_encoding(part);
     // An empty boundary makes the decoders read to the end of the slice.
     let (end, decoded) = match encoding {
         Encoding::Base64 => MessageStream::new(encoded).decode_base64_mime(b""),

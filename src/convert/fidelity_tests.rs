@@ -322,25 +322,50 @@ fn unparseable_data_is_wrapped_or_refused() {
         unparseable: Unparseable::Refuse,
         ..Options::default()
     };
-    let refusal = check_at_data(garbage, "app@example.com", &refuse).unwrap();
+    let refusal = check_at_data(garbage, "app@example.com", &refuse).unwrap_err();
     assert_eq!((refusal.code, refusal.enhanced), (554, "5.6.0"));
-    assert!(check_at_data(garbage, "app@example.com", &Options::default()).is_none());
+    assert_eq!(
+        check_at_data(garbage, "app@example.com", &Options::default()),
+        Ok("app@example.com".to_owned())
+    );
 }
 
 #[test]
 fn data_time_check_refuses_only_a_message_without_any_sender() {
     let no_from = b"To: b@example.net\r\nSubject: x\r\n\r\nbody\r\n";
-    let refusal = check_at_data(no_from, "", &Options::default()).unwrap();
+    let refusal = check_at_data(no_from, "", &Options::default()).unwrap_err();
     assert_eq!((refusal.code, refusal.enhanced), (550, "5.7.1"));
     assert!(refusal.text.contains("From"), "{}", refusal.text);
-    assert!(check_at_data(no_from, "app@example.com", &Options::default()).is_none());
+    assert_eq!(
+        check_at_data(no_from, "app@example.com", &Options::default()),
+        Ok("app@example.com".to_owned())
+    );
     let fixed = Options {
         sender: SenderMode::Fixed("scanner@contoso.com".into()),
         ..Options::default()
     };
-    assert!(check_at_data(no_from, "", &fixed).is_none());
-    let with_from = b"From: a@example.com\r\n\r\nbody\r\n";
-    assert!(check_at_data(with_from, "", &Options::default()).is_none());
+    assert_eq!(
+        check_at_data(no_from, "", &fixed),
+        Ok("scanner@contoso.com".to_owned())
+    );
+    // Without headers the envelope is all there is; a fixed sender needs neither.
+    assert_eq!(
+        check_at_data(b"just text\r\n", "", &fixed),
+        Ok("scanner@contoso.com".to_owned())
+    );
+    let with_from = b"From: A <a@example.com>\r\n\r\nbody\r\n";
+    assert_eq!(
+        check_at_data(with_from, "", &Options::default()),
+        Ok("a@example.com".to_owned())
+    );
+    let envelope = Options {
+        sender: SenderMode::Envelope,
+        ..Options::default()
+    };
+    assert_eq!(
+        check_at_data(with_from, "bounce@example.com", &envelope),
+        Ok("bounce@example.com".to_owned())
+    );
 }
 
 /// A multipart message with one base64 attachment per `(name, bytes)`.
@@ -381,16 +406,24 @@ fn upload_plan_keeps_every_request_under_4_mib() {
     let rcpt = vec!["b@example.net".to_owned(), "c@example.org".to_owned()];
     let plan = super::plan_upload(&raw, "", &rcpt, &Options::default()).unwrap();
     assert_eq!(plan.sender, "a@example.com");
-    let large: Vec<(&str, &[u8])> = plan
+    // The large ones stay in the message: read back from it, they are the attached bytes.
+    let large: Vec<(&str, u64, Vec<u8>)> = plan
         .large
         .iter()
-        .map(|a| (a.name.as_str(), a.bytes.as_slice()))
+        .map(|a| {
+            let mut content = super::Content::open(std::io::Cursor::new(&raw), &a.source).unwrap();
+            (
+                a.name.as_str(),
+                a.size,
+                content.next_chunk(usize::MAX).unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         large,
         [
-            ("three-mb.bin", files[2].1.as_slice()),
-            ("twenty-mb.bin", files[3].1.as_slice())
+            ("three-mb.bin", files[2].1.len() as u64, files[2].1.clone()),
+            ("twenty-mb.bin", files[3].1.len() as u64, files[3].1.clone())
         ]
     );
     let draft_size = serde_json::to_vec(&plan.draft).unwrap().len();
@@ -588,5 +621,39 @@ fn header_addr_spec_keeps_plain_addresses_and_quotes_the_rest() {
     assert_eq!(
         header_addr_spec("q\"u\\o\r\nBcc: x@con>toso.com\u{2028}"),
         "\"q\\\"u\\\\oBcc: x\"@contoso.com"
+    );
+}
+
+/// The upload plan's ranges hold for a message stored with bare LF line ends and for a
+/// quoted-printable attachment: read back, each large attachment is what was attached.
+#[test]
+fn upload_plan_ranges_hold_for_bare_line_ends_and_quoted_printable() {
+    let csv: String = (0..120_000)
+        .map(|i| format!("{i};Müller;Straße {i}\r\n"))
+        .collect();
+    let qp: String = csv
+        .replace("ü", "=C3=BC")
+        .replace("ß", "=C3=9F")
+        .replace("\r\n", "\n");
+    let raw = format!(
+        "From: a@example.com\nTo: b@example.net\nSubject: export\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\nsee csv\n\
+         --b\nContent-Type: text/csv; charset=utf-8\nContent-Disposition: attachment; filename=\"export.csv\"\n\
+         Content-Transfer-Encoding: quoted-printable\n\n{qp}--b--\n"
+    );
+    let rcpt = vec!["b@example.net".to_owned()];
+    let plan = super::plan_upload(raw.as_bytes(), "", &rcpt, &Options::default()).unwrap();
+    assert_eq!(plan.large.len(), 1);
+    let attachment = &plan.large[0];
+    assert!(attachment.source.normalised);
+    let mut content =
+        super::Content::open(std::io::Cursor::new(raw.as_bytes()), &attachment.source).unwrap();
+    let read = content.next_chunk(usize::MAX).unwrap();
+    assert_eq!(read.len() as u64, attachment.size);
+    // The line end before the boundary belongs to the boundary.
+    let expected = csv.strip_suffix("\r\n").unwrap();
+    assert!(
+        read == expected.as_bytes(),
+        "the CSV comes back with CRLF line ends"
     );
 }

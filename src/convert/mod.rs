@@ -23,6 +23,8 @@ mod oracle_tests;
 #[cfg(test)]
 mod proptests;
 mod repair;
+mod stream;
+pub use stream::{Content, PartSource};
 #[cfg(test)]
 mod tests;
 
@@ -195,30 +197,31 @@ pub struct DataRefusal {
 
 /// The checks that must answer DATA rather than fail later in the queue: no mailbox to send as
 /// (`550 5.7.1`), and data without headers when `graph.unparseable = "refuse"` (`554 5.6.0`).
+/// Passed, they give the mailbox the message will be sent as, for the spool to keep.
 ///
 /// Reads only the header section of `raw` (the spooled message, or at least its beginning), so
 /// the session can call it without loading a large body.
-pub fn check_at_data(raw: &[u8], mail_from: &str, options: &Options) -> Option<DataRefusal> {
+///
+/// # Errors
+/// The refusal the session answers with.
+pub fn check_at_data(
+    raw: &[u8],
+    mail_from: &str,
+    options: &Options,
+) -> Result<String, DataRefusal> {
     let head = repair::header_section(raw);
-    let parsed = parse(head);
-    let Some(parsed) = parsed else {
-        return match options.unparseable {
-            Unparseable::Refuse => Some(DataRefusal {
+    let header_from = match parse(head) {
+        Some(parsed) => address::from_header(&parsed),
+        None if options.unparseable == Unparseable::Refuse => {
+            return Err(DataRefusal {
                 code: 554,
                 enhanced: "5.6.0",
                 text: "message has no header section and cannot be parsed as mail (graph.unparseable = \"refuse\")".into(),
-            }),
-            Unparseable::Mime if mail_from.trim().is_empty() => Some(no_from_refusal()),
-            Unparseable::Mime => None,
-        };
-    };
-    let has_sender = match &options.sender {
-        SenderMode::Fixed(_) => true,
-        SenderMode::Header | SenderMode::Envelope => {
-            address::from_header(&parsed).is_some() || !mail_from.trim().is_empty()
+            });
         }
+        None => None,
     };
-    (!has_sender).then(no_from_refusal)
+    pick_sender(header_from.as_ref(), mail_from, options).map_err(|_| no_from_refusal())
 }
 
 fn no_from_refusal() -> DataRefusal {
@@ -440,14 +443,17 @@ pub struct UploadPlan {
     pub message_id: Option<String>,
 }
 
-/// One attachment for an upload session: its description and decoded bytes.
+/// One attachment for an upload session: its description, and where its content is in the
+/// message, read from the spool while it is uploaded.
 #[derive(Debug)]
 pub struct LargeAttachment {
     pub name: String,
     pub content_type: String,
     pub content_id: Option<String>,
     pub is_inline: bool,
-    pub bytes: Vec<u8>,
+    /// Decoded size in bytes, as the upload session needs it up front.
+    pub size: u64,
+    pub source: PartSource,
 }
 
 /// Converts for the draft path: the JSON message, whatever `graph.format` says (a MIME draft
@@ -466,6 +472,7 @@ pub fn plan_upload(
         return Err(ConvertError::NoRecipients);
     }
     let raw: Cow<'_, [u8]> = repair::normalise_line_ends(raw);
+    let normalised = matches!(raw, Cow::Owned(_));
     let parsed = parse(&raw).ok_or(ConvertError::Unparseable)?;
     if is_signed_or_encrypted(&parsed) {
         return Err(ConvertError::SignedTooLarge);
@@ -479,12 +486,19 @@ pub fn plan_upload(
     let (mut separate, mut large) = (Vec::new(), Vec::new());
     for part in parts {
         if part.bytes.len() >= UPLOAD_SESSION_MIN {
+            let (start, end, encoding) = part.source;
             large.push(LargeAttachment {
                 name: part.file.name,
                 content_type: part.file.content_type,
                 content_id: part.file.content_id,
                 is_inline: part.file.is_inline,
-                bytes: part.bytes.into_owned(),
+                size: part.bytes.len() as u64,
+                source: PartSource {
+                    start: start.into(),
+                    end: end.into(),
+                    normalised,
+                    encoding,
+                },
             });
             continue;
         }

@@ -1,8 +1,11 @@
 //! The draft path for messages too large for one request (microsoft-graph.md §3, example C):
 //! create a draft, post the attachments that did not fit it, stream each large attachment
-//! through its own upload session in chunks of at most 4 MiB, then send the draft. Called by
-//! [`crate::delivery`] with a [`crate::convert::UploadPlan`]; needs `Mail.ReadWrite` besides
-//! `Mail.Send`.
+//! through its own upload session in chunks of at most 4 MiB, read and decoded from the spooled
+//! message as they go, then send the draft. Called by [`crate::delivery`] with a
+//! [`crate::convert::UploadPlan`]; needs `Mail.ReadWrite` besides `Mail.Send`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
@@ -10,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{Accepted, GraphClient, GraphError, refusal};
 use super::model::{FileAttachment, Message};
 use super::token::{AccessToken, error_chain};
-use crate::convert::{LargeAttachment, UploadPlan};
+use crate::convert::{Content, LargeAttachment, PartSource, UploadPlan};
 
 /// Largest chunk per PUT: Graph's per-request limit.
 pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
@@ -36,7 +39,7 @@ struct UploadSession {
 struct AttachmentItem<'a> {
     attachment_type: &'static str,
     name: &'a str,
-    size: usize,
+    size: u64,
     content_type: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     is_inline: bool,
@@ -45,7 +48,7 @@ struct AttachmentItem<'a> {
 }
 
 /// The start offset of the first of `nextExpectedRanges` (`"4194304"` or `"4194304-"`).
-fn next_offset(ranges: &[String]) -> Option<usize> {
+fn next_offset(ranges: &[String]) -> Option<u64> {
     let first = ranges.first()?;
     first.split('-').next()?.trim().parse().ok()
 }
@@ -127,26 +130,32 @@ impl GraphClient {
         self.post_json(token, url, body).await.map(drop)
     }
 
-    /// Uploads one large attachment through an upload session: chunks of at most 4 MiB, from
-    /// where `nextExpectedRanges` says, without the Authorization header (the URL carries its
-    /// own token). A session that expired or vanished is replaced once by a new one.
+    /// Uploads one large attachment through an upload session: chunks of at most 4 MiB, read
+    /// from `message` (the spooled message file) from where `nextExpectedRanges` says, without
+    /// the Authorization header (the URL carries its own token). A session that expired or
+    /// vanished is replaced once by a new one.
     ///
     /// # Errors
-    /// Graph refused or could not be reached.
+    /// Graph refused or could not be reached, or the content could not be read.
     pub async fn upload_attachment(
         &self,
         token: &AccessToken,
         sender: &str,
         draft_id: &str,
         attachment: &LargeAttachment,
-    ) -> Result<(), GraphError> {
+        message: &Path,
+    ) -> Result<(), UploadFailure> {
+        let mut chunks = Chunks::new(message, attachment);
         let mut renewed = false;
         loop {
             let upload_url = self
                 .create_upload_session(token, sender, draft_id, attachment)
-                .await?;
-            match self.put_chunks(&upload_url, &attachment.bytes).await {
-                Err(GraphError::Refused { status: 404, .. }) if !renewed => renewed = true,
+                .await
+                .map_err(UploadFailure::Graph)?;
+            match self.put_chunks(&upload_url, &mut chunks).await {
+                Err(UploadFailure::Graph(GraphError::Refused { status: 404, .. })) if !renewed => {
+                    renewed = true;
+                }
                 other => return other,
             }
         }
@@ -162,7 +171,7 @@ impl GraphClient {
         let item = AttachmentItem {
             attachment_type: "file",
             name: &attachment.name,
-            size: attachment.bytes.len(),
+            size: attachment.size,
             content_type: &attachment.content_type,
             is_inline: attachment.is_inline,
             content_id: attachment.content_id.as_deref(),
@@ -181,31 +190,33 @@ impl GraphClient {
         })
     }
 
-    /// PUTs `bytes` to `upload_url` in order; each answer says where to continue.
-    async fn put_chunks(&self, upload_url: &str, bytes: &[u8]) -> Result<(), GraphError> {
-        let total = bytes.len();
+    /// PUTs the content to `upload_url` in order; each answer says where to continue.
+    async fn put_chunks(&self, upload_url: &str, chunks: &mut Chunks) -> Result<(), UploadFailure> {
+        let total = chunks.total;
         let mut offset = 0;
         while offset < total {
-            let end = (offset + MAX_CHUNK).min(total);
-            // One chunk is copied into the request body: at most 4 MiB besides the message.
+            let chunk = chunks.read_at(offset).await?;
+            let end = offset + chunk.len() as u64;
             let response = self
                 .http
                 .put(upload_url)
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_RANGE, format!("bytes {offset}-{}/{total}", end - 1))
-                .body(bytes[offset..end].to_vec())
+                .body(chunk)
                 .send()
                 .await
-                .map_err(|e| unreachable(&e))?;
+                .map_err(|e| UploadFailure::Graph(unreachable(&e)))?;
             match response.status().as_u16() {
                 201 => return Ok(()),
                 200 => {
-                    let session: UploadSession =
-                        response.json().await.map_err(|e| unreachable(&e))?;
+                    let session: UploadSession = response
+                        .json()
+                        .await
+                        .map_err(|e| UploadFailure::Graph(unreachable(&e)))?;
                     // Resume where Graph says, which is `end` unless a chunk went missing.
                     offset = next_offset(&session.next_expected_ranges).unwrap_or(end);
                 }
-                _ => return Err(refusal(response).await),
+                _ => return Err(UploadFailure::Graph(refusal(response).await)),
             }
         }
         Ok(())
@@ -276,9 +287,81 @@ pub enum UploadFailure {
     Graph(GraphError),
     /// The draft id could not be written to the spool; nothing was uploaded.
     Persist(String),
+    /// The spooled message could not be read.
+    Spool(String),
+    /// An attachment read from the spool does not decode to the size the parse found, so it
+    /// can never be uploaded as announced.
+    Content(String),
 }
 
-/// The whole draft path for one message. `orphan` is a draft id left by an earlier attempt
+/// One large attachment's content, read from the spooled message a chunk at a time (on the
+/// blocking pool: it is file I/O and decoding).
+struct Chunks {
+    message: PathBuf,
+    name: String,
+    source: PartSource,
+    total: u64,
+    /// The open content and how many decoded bytes it has handed out.
+    open: Option<(Content<File>, u64)>,
+}
+
+impl Chunks {
+    fn new(message: &Path, attachment: &LargeAttachment) -> Self {
+        Self {
+            message: message.to_path_buf(),
+            name: attachment.name.clone(),
+            source: attachment.source,
+            total: attachment.size,
+            open: None,
+        }
+    }
+
+    /// The chunk of at most [`MAX_CHUNK`] bytes at `offset`, exactly as long as the announced
+    /// size says.
+    async fn read_at(&mut self, offset: u64) -> Result<Vec<u8>, UploadFailure> {
+        let (total, len) = (self.total, (self.total - offset).min(MAX_CHUNK as u64));
+        let (message, source, name) = (self.message.clone(), self.source, self.name.clone());
+        let mut open = self.open.take();
+        let (open, chunk) = tokio::task::spawn_blocking(move || {
+            let failed = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                    UploadFailure::Content(format!("attachment {name:?}: {e}"))
+                }
+                _ => UploadFailure::Spool(format!("{}: {e}", message.display())),
+            };
+            let chunk = (|| {
+                let (mut content, position) = match open.take() {
+                    Some((content, position)) if position <= offset => (content, position),
+                    // Graph asked for bytes already sent (or nothing is open): from the start.
+                    _ => {
+                        let file = File::open(&message).map_err(failed)?;
+                        (Content::open(file, &source).map_err(failed)?, 0)
+                    }
+                };
+                content.skip(offset - position).map_err(failed)?;
+                let chunk = content.next_chunk(len as usize).map_err(failed)?;
+                let end = offset + chunk.len() as u64;
+                let longer = end == total && !content.next_chunk(1).map_err(failed)?.is_empty();
+                if chunk.len() as u64 != len || longer {
+                    return Err(UploadFailure::Content(format!(
+                        "attachment {name:?} read from the spool does not decode to the {total} \
+                         bytes the parse found, so it cannot be uploaded as announced"
+                    )));
+                }
+                open = Some((content, end));
+                Ok(chunk)
+            })();
+            (open, chunk)
+        })
+        .await
+        .map_err(|e| UploadFailure::Spool(e.to_string()))?;
+        self.open = open;
+        chunk
+    }
+}
+
+/// The whole draft path for one message, whose raw bytes are in the file `message` (the large
+/// attachments are read from it as they are uploaded). `orphan` is a draft id left by an earlier attempt
 /// (deleted first, so a crash never leads to two drafts or a half-sent one); `persist` records
 /// the new draft id before anything is uploaded. On failure the new draft is deleted (best
 /// effort; a draft that survives is found through the spool's draft id next time).
@@ -289,6 +372,7 @@ pub async fn send_by_upload(
     client: &GraphClient,
     token: &AccessToken,
     plan: &UploadPlan,
+    message: &Path,
     orphan: Option<&str>,
     persist: impl FnOnce(&str) -> Result<(), String>,
 ) -> Result<Accepted, UploadFailure> {
@@ -305,9 +389,7 @@ pub async fn send_by_upload(
         .map_err(UploadFailure::Graph)?;
     let result = match persist(&draft_id) {
         Err(err) => Err(UploadFailure::Persist(err)),
-        Ok(()) => fill_and_send(client, token, plan, &draft_id)
-            .await
-            .map_err(UploadFailure::Graph),
+        Ok(()) => fill_and_send(client, token, plan, message, &draft_id).await,
     };
     if result.is_err()
         && let Err(err) = client.delete_draft(token, sender, &draft_id).await
@@ -321,20 +403,25 @@ async fn fill_and_send(
     client: &GraphClient,
     token: &AccessToken,
     plan: &UploadPlan,
+    message: &Path,
     draft_id: &str,
-) -> Result<Accepted, GraphError> {
+) -> Result<Accepted, UploadFailure> {
     let sender = plan.sender.as_str();
     for attachment in &plan.separate {
         client
             .add_attachment(token, sender, draft_id, attachment)
-            .await?;
+            .await
+            .map_err(UploadFailure::Graph)?;
     }
     for attachment in &plan.large {
         client
-            .upload_attachment(token, sender, draft_id, attachment)
+            .upload_attachment(token, sender, draft_id, attachment, message)
             .await?;
     }
-    client.send_draft(token, sender, draft_id).await
+    client
+        .send_draft(token, sender, draft_id)
+        .await
+        .map_err(UploadFailure::Graph)
 }
 
 #[cfg(test)]

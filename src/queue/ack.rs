@@ -194,6 +194,7 @@ mod tests {
                     rcpt_to: vec!["b@example.com".into()],
                     client: "127.0.0.1:1".into(),
                     received_at_ms: 0,
+                    origin: None,
                 },
             )
             .unwrap();

@@ -166,6 +166,7 @@ impl Reporter {
             rcpt_to: vec![meta.envelope.mail_from.clone()],
             client: "graph-relay (delivery status notification)".into(),
             received_at_ms: now_ms,
+            origin: None,
         };
         Ok(spool.commit(incoming, envelope)?)
     }

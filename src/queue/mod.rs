@@ -16,4 +16,4 @@ pub mod retry;
 pub mod scheduler;
 pub mod spool;
 
-pub use spool::{EntryMeta, Envelope, QueueId, Spool, SpoolError};
+pub use spool::{EntryMeta, Envelope, Origin, QueueId, Spool, SpoolError};

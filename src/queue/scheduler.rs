@@ -50,8 +50,9 @@ impl Lane {
 pub trait Attempt: Send + Sync + 'static {
     /// The lane an entry's requests count against.
     fn lane(&self, meta: &EntryMeta) -> impl Future<Output = Lane> + Send;
-    /// Makes one attempt (its 401 retry included) and says what became of it.
-    fn attempt(&self, meta: &EntryMeta) -> impl Future<Output = Outcome> + Send;
+    /// Makes one attempt (its 401 retry included) and says what became of it. What the attempt
+    /// records in `meta` on the way (a draft id) is persisted with the outcome.
+    fn attempt(&self, meta: &mut EntryMeta) -> impl Future<Output = Outcome> + Send;
 }
 
 /// Wall-clock milliseconds as persisted in the spool, advanced by tokio's clock, so waits are
@@ -784,7 +785,7 @@ impl<A: Attempt> Worker<A> {
             tracing::info!(queue_id = %id, "not attempted: its SMTP client was told to try again");
             return Report::done(lane, id, false);
         }
-        let outcome = self.attempt.attempt(&meta).await;
+        let outcome = self.attempt.attempt(&mut meta).await;
         meta.attempts += 1;
         let answered = !matches!(
             outcome,
@@ -807,6 +808,8 @@ impl<A: Attempt> Worker<A> {
                     event = "message_delivered",
                     queue_id = %id,
                     client = %meta.envelope.client,
+                    listener = meta.envelope.origin.as_ref().map_or("", |o| o.listener.as_str()),
+                    user = meta.envelope.origin.as_ref().and_then(|o| o.user.as_deref()).unwrap_or(""),
                     mail_from = %meta.envelope.mail_from,
                     recipients = %meta.envelope.rcpt_to.join(","),
                     mailbox = %lane.mailbox,
@@ -919,6 +922,9 @@ impl<A: Attempt> Worker<A> {
                 tracing::warn!(
                     event = "message_failed",
                     queue_id = %id,
+                    client = %meta.envelope.client,
+                    listener = meta.envelope.origin.as_ref().map_or("", |o| o.listener.as_str()),
+                    user = meta.envelope.origin.as_ref().and_then(|o| o.user.as_deref()).unwrap_or(""),
                     mailbox = %lane.mailbox,
                     mail_from = %meta.envelope.mail_from,
                     recipients = meta.envelope.rcpt_to.len(),

@@ -62,6 +62,24 @@ pub struct Envelope {
     pub client: String,
     /// Unix time in milliseconds when the message was acknowledged.
     pub received_at_ms: u64,
+    /// Where the message came in and the mailbox chosen for it at DATA; absent in entries
+    /// spooled before it was recorded and in the relay's own notices, whose sender is found
+    /// from the message by `[graph]`'s setting. Boxed: a backlog of entries without it costs
+    /// one pointer each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Box<Origin>>,
+}
+
+/// What the SMTP session knew of a message besides its envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The listener it came in on (`listen` for `smtp.listen`).
+    pub listener: String,
+    /// The SMTP user, when the client authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The mailbox to send as, by the sender setting in force for that listener and user.
+    pub sender: String,
 }
 
 /// Everything the spool persists about one entry besides its body.
@@ -315,7 +333,8 @@ impl Spool {
         &self.dir
     }
 
-    fn body_path(&self, id: QueueId) -> PathBuf {
+    /// Where an entry's body is (the upload path reads large attachments from it).
+    pub fn body_path(&self, id: QueueId) -> PathBuf {
         self.dir.join(format!("{id}.{BODY_EXT}"))
     }
 

@@ -27,7 +27,7 @@ use super::stream::SmtpStream;
 use crate::config::{AckMode, Config, ListenerConfig, ListenerMode};
 use crate::queue::ack::{Verdict, Wait};
 use crate::queue::scheduler::QueueHandle;
-use crate::queue::spool::{Envelope, IncomingMessage, Spool, SpoolError, now_ms};
+use crate::queue::spool::{Envelope, IncomingMessage, Origin, Spool, SpoolError, now_ms};
 
 /// Bytes read from the socket at a time, and the most body data held in memory per session.
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -88,6 +88,8 @@ struct Transaction {
     /// The message's header block, for the checks at the end of DATA (sender policy, a usable
     /// sender for Graph).
     head: Vec<u8>,
+    /// The mailbox Graph will send as, found by those checks.
+    sender: Option<String>,
 }
 
 /// What the synchronous parser needs the async shell to do next.
@@ -530,11 +532,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(Reply::FROM_REFUSED)
             }
             None => {
-                let options = self.config.graph.convert_options(&smtp.hostname);
-                crate::convert::check_at_data(&head, &mail_from, &options).map(|refusal| {
-                    tracing::warn!(reason = %refusal.text, "message refused at DATA");
-                    Reply::refused_at_data(&refusal)
-                })
+                let graph = &self.config.graph;
+                let mut options = graph.convert_options(&smtp.hostname);
+                options.sender =
+                    graph.sender_for(&self.listener.sender_override(), self.user.as_deref());
+                match crate::convert::check_at_data(&head, &mail_from, &options) {
+                    Ok(sender) => {
+                        tx.sender = Some(sender);
+                        None
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(reason = %refusal.text, "message refused at DATA");
+                        Some(Reply::refused_at_data(&refusal))
+                    }
+                }
             }
         };
         if let Some(reply) = refusal {
@@ -748,6 +759,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         transfer_started: None,
                         last_cr: false,
                         head: Vec::new(),
+                        sender: None,
                     });
                     self.push(Reply::SENDER_OK);
                 }
@@ -938,6 +950,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rcpt_to: tx.rcpt_to,
             client: self.peer.to_string(),
             received_at_ms: now_ms(),
+            origin: tx.sender.map(|sender| {
+                Box::new(Origin {
+                    listener: self.ctx.listener.clone(),
+                    user: self.user.clone(),
+                    sender,
+                })
+            }),
         };
         let (incoming, pending) = (tx.incoming, tx.pending);
         let result = tokio::task::spawn_blocking(move || {

@@ -25,17 +25,6 @@ fn with(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, 
     env
 }
 
-/// A field of /proc/PID/status in kB, e.g. `VmHWM` (peak resident memory).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// The soft limit on open files of a running process, from /proc/PID/limits.
 fn soft_nofile(pid: u32) -> u64 {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
@@ -352,6 +341,7 @@ async fn a_hundred_thousand_spooled_messages_keep_memory_bounded() {
                 rcpt_to: vec!["a@example.com".to_string()],
                 client: "127.0.0.1:1".to_string(),
                 received_at_ms: graph_relay::queue::spool::now_ms(),
+                origin: None,
             };
             spool.commit(incoming, envelope).unwrap();
         }

@@ -295,6 +295,7 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
             rcpt_to: vec!["bob@example.com".into()],
             client: "127.0.0.1:1".into(),
             received_at_ms: 0,
+            origin: None,
         };
         spool.commit(incoming, envelope).unwrap().id
     };

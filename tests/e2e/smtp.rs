@@ -33,23 +33,6 @@ impl Secure {
         self.dir.path().join("cert.pem")
     }
 
-    /// The address a listener reported in the log (`smtp.listen` is reported first; the others
-    /// follow within moments).
-    async fn listener(&self, name: &str) -> SocketAddr {
-        let tag = format!("listener={name} ");
-        eventually(Duration::from_secs(10), || self.relay.logs().contains(&tag)).await;
-        let logs = self.relay.logs();
-        logs.lines()
-            .filter(|line| line.contains("SMTP listener bound"))
-            .find(|line| line.contains(&tag))
-            .and_then(|line| {
-                line.split_whitespace()
-                    .find_map(|word| word.strip_prefix("address="))
-            })
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no listener {name} in\n{logs}"))
-    }
-
     async fn delivered(&self, expected: usize) -> Vec<(String, serde_json::Value)> {
         assert!(
             self.emulator
@@ -242,7 +225,7 @@ async fn curl_delivers_over_starttls_and_implicit_tls_with_auth() {
     let mail = format!("From: {MAILBOX}\r\nTo: alice@example.com\r\nSubject: curl\r\n\r\nhi\r\n");
     let file = secure.dir.path().join("mail.eml");
     std::fs::write(&file, mail).unwrap();
-    let smtps = secure.listener("smtps").await;
+    let smtps = secure.relay.listener("smtps").await;
     for url in [
         format!("smtp://{}", secure.relay.smtp),
         format!("smtps://{smtps}"),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::list;
 use super::policy::{Network, loopback};
+use crate::config::graph::{SenderKind, SenderOverride};
 
 /// How a listener speaks TLS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,6 +37,21 @@ pub struct ListenerConfig {
     pub require_auth: bool,
     /// Offer AUTH without TLS, for legacy devices that cannot do TLS (passwords travel in clear).
     pub plaintext_auth: bool,
+    /// Which mailbox its messages are sent as, instead of `graph.sender` (an SMTP user's
+    /// `graph.user_senders` still wins).
+    pub sender: Option<SenderKind>,
+    /// The mailbox for `sender = "fixed"`.
+    pub fixed_sender: Option<String>,
+}
+
+impl ListenerConfig {
+    /// Its `sender` and `fixed_sender`.
+    pub fn sender_override(&self) -> SenderOverride {
+        SenderOverride {
+            sender: self.sender,
+            fixed_sender: self.fixed_sender.clone(),
+        }
+    }
 }
 
 impl Default for ListenerConfig {
@@ -46,6 +62,8 @@ impl Default for ListenerConfig {
             allowed_networks: loopback(),
             require_auth: false,
             plaintext_auth: false,
+            sender: None,
+            fixed_sender: None,
         }
     }
 }

@@ -17,6 +17,7 @@ fn failed(mail_from: &str, reason: &str) -> EntryMeta {
             rcpt_to: vec!["b@example.com".into(), "c@example.com".into()],
             client: "127.0.0.1:1".into(),
             received_at_ms: 1_700_000_000_000,
+            origin: None,
         },
         attempts: 1,
         next_attempt_at_ms: 0,

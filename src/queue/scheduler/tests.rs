@@ -19,6 +19,9 @@ struct Scripted {
     log: Mutex<Vec<(String, Instant, Instant)>>,
     in_flight: Mutex<HashMap<String, usize>>,
     max_in_flight: Mutex<HashMap<String, usize>>,
+    /// The draft id each attempt found in its entry; each records `draft-N` (N its number), as
+    /// the upload path records its draft.
+    drafts: Mutex<Vec<Option<String>>>,
 }
 
 impl Scripted {
@@ -29,6 +32,7 @@ impl Scripted {
             log: Mutex::default(),
             in_flight: Mutex::default(),
             max_in_flight: Mutex::default(),
+            drafts: Mutex::default(),
         })
     }
 
@@ -60,8 +64,13 @@ impl Attempt for Scripted {
         Lane::new("default", &meta.envelope.mail_from)
     }
 
-    async fn attempt(&self, meta: &EntryMeta) -> Outcome {
+    async fn attempt(&self, meta: &mut EntryMeta) -> Outcome {
         let mailbox = meta.envelope.mail_from.clone();
+        {
+            let mut drafts = self.drafts.lock().unwrap();
+            drafts.push(meta.draft_id.take());
+            meta.draft_id = Some(format!("draft-{}", drafts.len()));
+        }
         let start = Instant::now();
         {
             let mut in_flight = self.in_flight.lock().unwrap();
@@ -197,6 +206,7 @@ impl Harness {
                     rcpt_to: vec!["to@example.com".into()],
                     client: "127.0.0.1:1".into(),
                     received_at_ms: self.clock.now_ms(),
+                    origin: None,
                 },
             )
             .unwrap();
@@ -460,6 +470,44 @@ async fn ambiguous_retries_are_counted_and_permanent_failures_go_to_failed() {
     assert_eq!(
         failed_entries[0].last_error.as_deref(),
         Some("refused: HTTP 400 ErrorInvalidRecipients")
+    );
+}
+
+/// The upload path records its draft id in the entry mid-attempt; when the attempt then fails
+/// for an ordinary retryable reason, the scheduler's own write keeps the id, so the retry finds
+/// the draft (and deletes it before making a new one).
+#[tokio::test(start_paused = true)]
+async fn a_draft_id_recorded_by_a_failed_attempt_survives_for_the_retry() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    let transient = || Outcome::NotDelivered {
+        class: Class::Transient,
+        retry_after: None,
+        reason: "HTTP 503 ServiceUnavailable".into(),
+    };
+    attempt.answer("a@contoso.com", transient());
+    attempt.answer("a@contoso.com", transient());
+    let h = start(attempt.clone(), LIMITS);
+    let id = h.submit("a@contoso.com");
+    let meta_file = h.spool.dir().join(format!("{id}.json"));
+    let mut persisted = None;
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let meta: EntryMeta = serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
+        if meta.attempts > 0 {
+            persisted = Some(meta);
+            break;
+        }
+    }
+    let persisted = persisted.expect("the first attempt's outcome is written");
+    assert_eq!(
+        persisted.draft_id,
+        Some(format!("draft-{}", persisted.attempts)),
+        "the spool keeps the draft id of the failed attempt"
+    );
+    h.drained(Duration::from_secs(30)).await;
+    assert_eq!(
+        *attempt.drafts.lock().unwrap(),
+        [None, Some("draft-1".to_owned()), Some("draft-2".to_owned())]
     );
 }
 

@@ -61,6 +61,7 @@ fn envelope() -> Envelope {
         rcpt_to: vec!["alice@example.com".into()],
         client: "127.0.0.1:40000".into(),
         received_at_ms: 1,
+        origin: None,
     }
 }
 
@@ -577,4 +578,47 @@ fn commits_share_flushes(mode: SyncMode) {
             "{mode:?}: {name} acknowledged without a covering flush: {log:#?}"
         );
     }
+}
+
+/// Entries spooled before their origin (listener, user, sender) was recorded still load (the
+/// delivery then finds the sender from the message); new ones keep it.
+#[test]
+fn entries_without_the_recorded_sender_still_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = QueueId::generate();
+    // Exactly what the previous version wrote.
+    let old = format!(
+        r#"{{"id":"{id}","envelope":{{"mail_from":"app@example.com","rcpt_to":["bob@example.com"],"client":"127.0.0.1:1","received_at_ms":5}},"attempts":1,"next_attempt_at_ms":7,"last_error":"HTTP 503"}}"#
+    );
+    std::fs::write(dir.join(format!("{id}.json")), old).unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.eml")),
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    let (spool, recovered) = Spool::open(&dir).unwrap();
+    assert_eq!(recovered.entries.len(), 1);
+    let entry = &recovered.entries[0];
+    assert_eq!(entry.id, id);
+    assert_eq!(entry.attempts, 1);
+    assert_eq!(entry.envelope.mail_from, "app@example.com");
+    assert_eq!(entry.envelope.origin, None);
+
+    let mut incoming = spool.receive().unwrap();
+    spool.append(&mut incoming, b"x\r\n").unwrap();
+    let recorded = Envelope {
+        origin: Some(Box::new(Origin {
+            listener: "scan".into(),
+            user: Some("scanner".into()),
+            sender: "scan@contoso.com".into(),
+        })),
+        ..envelope()
+    };
+    let meta = spool.commit(incoming, recorded.clone()).unwrap();
+    drop(spool);
+    let (_spool, recovered) = Spool::open(&dir).unwrap();
+    let reloaded = recovered.entries.iter().find(|e| e.id == meta.id).unwrap();
+    assert_eq!(reloaded.envelope, recorded);
 }

@@ -14,6 +14,7 @@ use crate::queue::scheduler::QueueHandle;
 use crate::queue::spool::{FileOps, RealFs};
 
 mod policy;
+mod senders;
 mod tls;
 
 /// The client's end: a pipe, or TLS over it after STARTTLS.
@@ -40,17 +41,21 @@ fn config() -> SmtpConfig {
 }
 
 /// A configuration channel whose value never changes.
-fn live(smtp: SmtpConfig) -> tokio::sync::watch::Receiver<Arc<Config>> {
-    tokio::sync::watch::channel(Arc::new(Config {
+fn live(config: Config) -> tokio::sync::watch::Receiver<Arc<Config>> {
+    tokio::sync::watch::channel(Arc::new(config)).1
+}
+
+/// The whole configuration around `smtp`.
+fn with_smtp(smtp: SmtpConfig) -> Config {
+    Config {
         smtp,
         ..Config::default()
-    }))
-    .1
+    }
 }
 
 /// A listener's shared context over `spool`, without TLS or users unless `security` has them.
 fn context(
-    config: SmtpConfig,
+    config: Config,
     spool: Arc<Spool>,
     queue: QueueHandle,
     security: Security,
@@ -84,12 +89,33 @@ async fn open(config: SmtpConfig, security: Security, peer: &str) -> Harness {
 
 /// A session of the named listener for a client at `peer`, before its greeting is read.
 async fn open_on(config: SmtpConfig, security: Security, peer: &str, listener: &str) -> Harness {
-    open_over(config, security, peer, listener, Arc::new(RealFs)).await
+    open_configured(with_smtp(config), security, peer, listener).await
 }
 
 /// As [`open_on`], with the spool's file operations `fs`.
 async fn open_over(
     config: SmtpConfig,
+    security: Security,
+    peer: &str,
+    listener: &str,
+    fs: Arc<dyn FileOps>,
+) -> Harness {
+    open_configured_over(with_smtp(config), security, peer, listener, fs).await
+}
+
+/// Like [`open_on`], with the whole configuration (`[graph]` too).
+async fn open_configured(
+    config: Config,
+    security: Security,
+    peer: &str,
+    listener: &str,
+) -> Harness {
+    open_configured_over(config, security, peer, listener, Arc::new(RealFs)).await
+}
+
+/// Like [`open_configured`], with the spool's file operations `fs`.
+async fn open_configured_over(
+    config: Config,
     security: Security,
     peer: &str,
     listener: &str,
@@ -471,7 +497,7 @@ fn spawn_session(
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let (queue, _queued) = QueueHandle::channel();
     let ctx = context(
-        config(),
+        with_smtp(config()),
         Arc::new(spool),
         queue,
         no_security(),

@@ -135,6 +135,23 @@ impl Relay {
         assert!(status.success());
     }
 
+    /// The address a listener reported in the log (`smtp.listen` is reported first; the others
+    /// follow within moments).
+    pub async fn listener(&self, name: &str) -> SocketAddr {
+        let tag = format!("listener={name} ");
+        eventually(Duration::from_secs(10), || self.logs().contains(&tag)).await;
+        let logs = self.logs();
+        logs.lines()
+            .filter(|line| line.contains("SMTP listener bound"))
+            .find(|line| line.contains(&tag))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix("address="))
+            })
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no listener {name} in\n{logs}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -300,4 +317,15 @@ pub fn assert_succeeded(tool: &str, output: &std::process::Output) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A field of /proc/PID/status in kB, e.g. `VmHWM` (peak resident memory).
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

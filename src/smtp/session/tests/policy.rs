@@ -10,7 +10,7 @@ use super::*;
 use crate::config::SenderRule;
 
 /// Users `scanner` / `s3cret` (bcrypt) in a security bundle without TLS.
-fn users() -> Security {
+pub(super) fn users() -> Security {
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     Security {
         tls: None,
@@ -18,7 +18,7 @@ fn users() -> Security {
     }
 }
 
-fn plain(user: &str, password: &str) -> String {
+pub(super) fn plain(user: &str, password: &str) -> String {
     STANDARD.encode(format!("\0{user}\0{password}"))
 }
 
