@@ -208,14 +208,19 @@ pub struct Scheduler<A> {
 /// What a worker or resolver reports back to the scheduler loop.
 enum Report {
     Resolved(EntryMeta, Lane),
+    /// An attempt's answer pauses its lane or profile. Sent as soon as the answer is known,
+    /// before the outcome is persisted, so no request leaves for a paused mailbox meanwhile.
+    Paused {
+        lane: Lane,
+        pause: Pause,
+        /// A configuration fault's cause and fix, for the one log line of its pause.
+        fault: Option<(String, &'static str)>,
+    },
     Done {
         lane: Lane,
         id: QueueId,
         delivered: bool,
         retry: Option<EntryMeta>,
-        pause: Option<Pause>,
-        /// A configuration fault's cause and fix, for the one log line of its pause.
-        fault: Option<(String, &'static str)>,
     },
 }
 
@@ -311,6 +316,7 @@ impl<A: Attempt> Scheduler<A> {
                     counters: self.counters.clone(),
                     dsn: self.dsn.clone(),
                     notices: self.notices.clone(),
+                    reports: report_tx.clone(),
                 };
                 let tx = report_tx.clone();
                 workers.spawn(async move {
@@ -345,28 +351,28 @@ impl<A: Attempt> Scheduler<A> {
                         held.resolving.remove(&meta.id);
                         lanes.push(lane, meta);
                     }
-                    Report::Done { lane, id, delivered, retry, pause, fault } => {
+                    Report::Paused { lane, pause, fault } => {
+                        let newly = lanes.pause(&lane, pause);
+                        if let (true, Some((cause, fix))) = (newly, fault) {
+                            let scope = match pause.scope {
+                                FaultScope::Mailbox => "mailbox",
+                                FaultScope::Profile => "authentication profile",
+                            };
+                            tracing::error!(
+                                profile = %lane.profile,
+                                mailbox = %lane.mailbox,
+                                %cause,
+                                fix,
+                                retry_in_s = pause.until_ms.saturating_sub(self.clock.now_ms()) / 1000,
+                                "configuration fault: {scope} paused, its messages stay queued; fix: {fix}"
+                            );
+                        }
+                    }
+                    Report::Done { lane, id, delivered, retry } => {
                         let recipients = held
                             .in_flight
                             .remove(&id)
                             .map_or(0, |meta| meta.envelope.rcpt_to.len() as u64);
-                        if let Some(pause) = pause {
-                            let newly = lanes.pause(&lane, pause);
-                            if let (true, Some((cause, fix))) = (newly, fault) {
-                                let scope = match pause.scope {
-                                    FaultScope::Mailbox => "mailbox",
-                                    FaultScope::Profile => "authentication profile",
-                                };
-                                tracing::error!(
-                                    profile = %lane.profile,
-                                    mailbox = %lane.mailbox,
-                                    %cause,
-                                    fix,
-                                    retry_in_s = pause.until_ms.saturating_sub(self.clock.now_ms()) / 1000,
-                                    "configuration fault: {scope} paused, its messages stay queued; fix: {fix}"
-                                );
-                            }
-                        }
                         lanes.done(&lane, delivered, recipients);
                         if let Some(meta) = retry {
                             waiting.push(meta, Some(lane));
@@ -771,6 +777,8 @@ struct Worker<A> {
     counters: Arc<Counters>,
     dsn: Option<Arc<Reporter>>,
     notices: mpsc::UnboundedSender<EntryMeta>,
+    /// For [`Report::Paused`], ahead of this worker's [`Report::Done`].
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 impl<A: Attempt> Worker<A> {
@@ -849,10 +857,16 @@ impl<A: Attempt> Worker<A> {
             }
             _ => None,
         };
-        let pause = match &decision {
-            Decision::Retry { pause, .. } => *pause,
-            Decision::Fail { .. } => None,
-        };
+        if let Decision::Retry {
+            pause: Some(pause), ..
+        } = decision
+        {
+            let _ = self.reports.send(Report::Paused {
+                lane: lane.clone(),
+                pause,
+                fault,
+            });
+        }
         // Entries whose client was told to try again are not kept: the client sends them again.
         let not_kept = dropped
             || (watcher.as_ref().map(Watcher::wait) == Some(Wait::Synchronous)
@@ -871,17 +885,10 @@ impl<A: Attempt> Worker<A> {
             if let Some(watcher) = watcher {
                 watcher.tell(Verdict::TryLater);
             }
-            return Report::Done {
-                lane,
-                id,
-                delivered: false,
-                retry: None,
-                pause,
-                fault,
-            };
+            return Report::done(lane, id, false);
         }
         match decision {
-            Decision::Retry { at_ms, pause } => {
+            Decision::Retry { at_ms, .. } => {
                 self.counters.retried();
                 match class {
                     Class::Ambiguous => self.counters.ambiguous_retry(),
@@ -909,8 +916,6 @@ impl<A: Attempt> Worker<A> {
                     id,
                     delivered: false,
                     retry: Some(meta),
-                    pause,
-                    fault,
                 }
             }
             Decision::Fail { why } => {
@@ -975,15 +980,13 @@ impl<A: Attempt> Worker<A> {
 }
 
 impl Report {
-    /// An attempt that leaves nothing to retry and pauses nothing.
+    /// An attempt that leaves nothing to retry.
     fn done(lane: Lane, id: QueueId, delivered: bool) -> Self {
         Self::Done {
             lane,
             id,
             delivered,
             retry: None,
-            pause: None,
-            fault: None,
         }
     }
 }

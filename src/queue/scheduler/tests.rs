@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::queue::spool::Envelope;
+use crate::queue::spool::{Envelope, FileOps, RealFs};
 
 /// Every attempt takes `latency`; answers are scripted per mailbox, then `Delivered`.
 struct Scripted {
@@ -112,8 +112,18 @@ fn start_with(
     limits: Limits,
     configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
 ) -> Harness {
+    start_on(attempt, limits, Arc::new(RealFs), configure)
+}
+
+/// As [`start_with`], with the spool's file operations in `fs`.
+fn start_on(
+    attempt: Arc<Scripted>,
+    limits: Limits,
+    fs: Arc<dyn FileOps>,
+    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
+) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let (spool, _) = Spool::open_with(tmp.path(), fs).unwrap();
     let spool = Arc::new(spool);
     let policy = RetryPolicy::try_new(
         Duration::from_secs(1),
@@ -323,6 +333,75 @@ async fn retry_after_pauses_only_its_mailbox_and_the_retry_lands_within_a_second
         0,
         "a 429 is not ambiguous"
     );
+}
+
+/// The real file system, with every fsync taking `delay` once `slow` is set.
+struct SlowSync {
+    slow: std::sync::atomic::AtomicBool,
+    delay: Duration,
+}
+
+impl FileOps for SlowSync {
+    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        RealFs.create(path)
+    }
+    fn write(
+        &self,
+        file: &mut std::fs::File,
+        path: &std::path::Path,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        RealFs.write(file, path, bytes)
+    }
+    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
+        if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
+        RealFs.sync(file, path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        RealFs.remove(path)
+    }
+}
+
+/// A 429 pauses its mailbox when it comes back, not once the deferral is on disk: while the
+/// throttled entry's update waits for a slow fsync, the lane's freed slots stay empty.
+/// Real time: the fsync blocks a thread, which paused tokio time would not wait for.
+#[tokio::test]
+async fn retry_after_pauses_the_mailbox_before_the_deferral_is_persisted() {
+    let attempt = Scripted::new(Duration::from_millis(50));
+    attempt.answer("a@contoso.com", throttled(1_000));
+    let fs = Arc::new(SlowSync {
+        slow: Default::default(),
+        delay: Duration::from_millis(400),
+    });
+    let limits = Limits {
+        concurrency: 8,
+        per_lane: 2,
+    };
+    let h = start_on(attempt.clone(), limits, fs.clone(), |scheduler| scheduler);
+    let committed: Vec<EntryMeta> = (0..4).map(|_| h.commit("a@contoso.com")).collect();
+    fs.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    for meta in committed {
+        h.queue.enqueue(meta);
+    }
+    h.drained(Duration::from_secs(10)).await;
+    let a = attempt.attempts("a@contoso.com");
+    assert_eq!(a.len(), 5, "one 429, its retry and three more");
+    let pause_end = a[0].1 + Duration::from_millis(1_000);
+    for (start, _) in &a[2..] {
+        assert!(
+            *start >= pause_end,
+            "a request {:?} before the Retry-After ran out",
+            pause_end - *start
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
