@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +20,7 @@ use super::ack::{self, Claimed, Verdict, Wait, Watch, Watcher};
 use super::dsn::{Cause, Reporter};
 use super::metrics::Counters;
 use super::pacing::{MinuteWindow, Pacing};
+use super::pauses::PauseFile;
 use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
 use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
 use crate::delivery::Outcome;
@@ -282,6 +283,26 @@ impl<A: Attempt> Scheduler<A> {
             waiting.push(meta, None);
         }
         let mut lanes = Lanes::new(self.limits.per_lane, self.pacing);
+        // Retry-After pauses of the process before this one (killed, perhaps) still hold.
+        let pause_file = PauseFile::new(self.spool.dir());
+        for (lane, until_ms) in pause_file.load(self.clock.now_ms()) {
+            let pause = Pause {
+                scope: FaultScope::Mailbox,
+                until_ms,
+                probe: false,
+            };
+            lanes.pause(&lane, pause);
+        }
+        let (pauses, kept) = watch::channel(lanes.throttle_pauses(self.clock.now_ms()));
+        workers.spawn(keep_pauses(pause_file, kept, shutdown.clone()));
+        let publish = |lanes: &Lanes| {
+            let now = lanes.throttle_pauses(self.clock.now_ms());
+            pauses.send_if_modified(|kept| {
+                let changed = *kept != now;
+                *kept = now;
+                changed
+            });
+        };
         let mut held = Held::default();
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         loop {
@@ -345,6 +366,7 @@ impl<A: Attempt> Scheduler<A> {
                         waiting.push(meta, None);
                     }
                     self.command(command, &mut waiting, &mut lanes, &mut held);
+                    publish(&lanes);
                 }
                 Some(report) = report_rx.recv() => match report {
                     Report::Resolved(meta, lane) => {
@@ -353,6 +375,7 @@ impl<A: Attempt> Scheduler<A> {
                     }
                     Report::Paused { lane, pause, fault } => {
                         let newly = lanes.pause(&lane, pause);
+                        publish(&lanes);
                         if let (true, Some((cause, fix))) = (newly, fault) {
                             let scope = match pause.scope {
                                 FaultScope::Mailbox => "mailbox",
@@ -447,6 +470,34 @@ impl<A: Attempt> Scheduler<A> {
                     Ok(false)
                 };
                 let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Writes each new list of throttling pauses to `file`, one write at a time, so the last
+/// list is the one kept.
+async fn keep_pauses(
+    file: PauseFile,
+    mut pauses: watch::Receiver<Vec<(Lane, u64)>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = pauses.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let list = pauses.borrow_and_update().clone();
+                let file = file.clone();
+                match tokio::task::spawn_blocking(move || file.store(&list)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "cannot keep throttling pauses for a restart");
+                    }
+                    Err(err) => tracing::warn!(error = %err, "throttling pause task failed"),
+                }
             }
         }
     }
@@ -705,6 +756,18 @@ impl Lanes {
                 newly
             }
         }
+    }
+
+    /// The running Retry-After pauses (not configuration faults'), in lane order.
+    fn throttle_pauses(&self, now: u64) -> Vec<(Lane, u64)> {
+        let mut pauses: Vec<(Lane, u64)> = self
+            .lanes
+            .iter()
+            .filter(|(_, state)| state.paused_until > now && !state.probing)
+            .map(|(lane, state)| (lane.clone(), state.paused_until))
+            .collect();
+        pauses.sort();
+        pauses
     }
 
     /// Whether `lane` is held back by a configuration fault (of its own or of its profile).

@@ -115,6 +115,16 @@ fn start_with(
     start_on(attempt, limits, Arc::new(RealFs), configure)
 }
 
+fn policy() -> RetryPolicy {
+    RetryPolicy::try_new(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_secs(300),
+    )
+    .unwrap()
+}
+
 /// As [`start_with`], with the spool's file operations in `fs`.
 fn start_on(
     attempt: Arc<Scripted>,
@@ -125,13 +135,7 @@ fn start_on(
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open_with(tmp.path(), fs).unwrap();
     let spool = Arc::new(spool);
-    let policy = RetryPolicy::try_new(
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-        Duration::from_secs(3600),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let policy = policy();
     let clock = Clock::starting_at(EPOCH_MS);
     let counters = Arc::new(Counters::default());
     let (scheduler, queue) = Scheduler::new(
@@ -402,6 +406,47 @@ async fn retry_after_pauses_the_mailbox_before_the_deferral_is_persisted() {
             pause_end - *start
         );
     }
+}
+
+/// A relay killed during a Retry-After and started again still waits it out (real time: the
+/// pauses are kept by a blocking write).
+#[tokio::test]
+async fn a_retry_after_outlives_a_restart() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(800));
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    let kept = h.spool.dir().join("throttle-pauses");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !kept.exists() {
+        assert!(Instant::now() < deadline, "the pause was not kept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.stop.cancel();
+    let answered_at = attempt.attempts("a@contoso.com")[0].1;
+
+    let (scheduler, queue) = Scheduler::new(
+        h.spool.clone(),
+        attempt.clone(),
+        policy(),
+        LIMITS,
+        h.clock,
+        h.counters.clone(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(scheduler.run(Vec::new(), stop.clone(), TaskTracker::new()));
+    queue.enqueue(h.commit("a@contoso.com"));
+    while attempt.attempts("a@contoso.com").len() < 2 {
+        assert!(Instant::now() < deadline, "not sent after the pause");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    let sent_at = attempt.attempts("a@contoso.com")[1].0;
+    assert!(
+        sent_at >= answered_at + Duration::from_millis(800),
+        "sent {:?} before the Retry-After ran out",
+        answered_at + Duration::from_millis(800) - sent_at
+    );
 }
 
 #[tokio::test(start_paused = true)]
