@@ -67,6 +67,10 @@ pub struct EarlyRequest {
     pub early_us: u64,
     /// How long after the answer that carried the `Retry-After` it arrived, in microseconds.
     pub after_answer_us: u64,
+    /// 1 for the first early request after that answer, 2 for the second, and so on. A client
+    /// keeping Graph's limit of 4 concurrent requests per mailbox may have had up to 3 others
+    /// on their way when the answer left; [`RetryAfterAudit::beyond`] separates those.
+    pub nth: usize,
 }
 
 /// What the `Retry-After` audit saw; see [`crate::Emulator::retry_after_audit`].
@@ -78,11 +82,22 @@ pub struct RetryAfterAudit {
     pub early: Vec<EarlyRequest>,
 }
 
+impl RetryAfterAudit {
+    /// Early requests beyond the first `in_flight` after each answer: those that cannot have
+    /// been on their way already when the answer left, for a client that never has more than
+    /// `in_flight + 1` requests in flight per mailbox. `beyond(0)` is every early request.
+    pub fn beyond(&self, in_flight: usize) -> Vec<&EarlyRequest> {
+        self.early.iter().filter(|e| e.nth > in_flight).collect()
+    }
+}
+
 /// Until when a mailbox must not be called, and when that was said.
 #[derive(Clone, Copy)]
 struct Hold {
     answered: Instant,
     until: Instant,
+    /// Early requests since `answered`.
+    early: usize,
 }
 
 #[derive(Default)]
@@ -117,14 +132,17 @@ impl Throttle {
     pub fn arrive(&self, mailbox: &str, path: &str, now: Instant) -> Option<Fault> {
         let mut inner = self.lock();
         let key = mailbox.to_lowercase();
-        if let Some(hold) = inner.holds.get(&key).copied() {
+        if let Some(hold) = inner.holds.get_mut(&key) {
             if now < hold.until {
-                inner.audit.early.push(EarlyRequest {
+                hold.early += 1;
+                let early = EarlyRequest {
                     mailbox: key,
                     path: path.to_owned(),
                     early_us: micros(hold.until - now),
                     after_answer_us: micros(now.saturating_duration_since(hold.answered)),
-                });
+                    nth: hold.early,
+                };
+                inner.audit.early.push(early);
             } else {
                 inner.holds.remove(&key);
             }
@@ -165,10 +183,12 @@ impl Throttle {
         let hold = inner.holds.entry(mailbox.to_lowercase()).or_insert(Hold {
             answered: now,
             until: now,
+            early: 0,
         });
         // A later answer starts a new hold; an earlier, longer one is not shortened.
         hold.answered = now;
         hold.until = hold.until.max(now + wait);
+        hold.early = 0;
     }
 
     pub fn audit(&self) -> RetryAfterAudit {
@@ -219,6 +239,25 @@ mod tests {
             ("billing@contoso.com", "/a")
         );
         assert_eq!((early.early_us, early.after_answer_us), (1_000, 1_999_000));
+    }
+
+    #[test]
+    fn early_requests_are_numbered_from_each_answer() {
+        let throttle = Throttle::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        throttle.answered("m@contoso.com", "5", t0);
+        for ms in [1, 2, 3, 4] {
+            throttle.arrive("m@contoso.com", "/", at(ms));
+        }
+        throttle.answered("m@contoso.com", "5", at(10));
+        throttle.arrive("m@contoso.com", "/", at(11));
+        let audit = throttle.audit();
+        let nth: Vec<usize> = audit.early.iter().map(|e| e.nth).collect();
+        assert_eq!(nth, [1, 2, 3, 4, 1]);
+        let beyond: Vec<u64> = audit.beyond(3).iter().map(|e| e.after_answer_us).collect();
+        assert_eq!(beyond, [4_000], "only the fourth after the first answer");
+        assert_eq!(audit.beyond(0).len(), 5);
     }
 
     #[test]
