@@ -1054,6 +1054,11 @@ async fn token_fault_then_success() {
     assert_eq!(emu.token_requests(), 2);
 }
 
+async fn get_json(client: &Client, url: String) -> Value {
+    let response = client.get(url).send().await.expect("get");
+    response.json().await.expect("json")
+}
+
 #[tokio::test]
 async fn control_interface_routes() {
     let emu = emulator().await;
@@ -1108,14 +1113,7 @@ async fn control_interface_routes() {
         .await
         .expect("delete");
     assert_eq!(stopped.status(), StatusCode::NO_CONTENT);
-    let audit: Value = client
-        .get(control("retry-after-audit"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let audit: Value = get_json(&client, control("retry-after-audit")).await;
     assert_eq!(audit["answers"], 2);
     assert_eq!(audit["early"][0]["mailbox"], MAILBOX);
 
@@ -1140,26 +1138,12 @@ async fn control_interface_routes() {
         StatusCode::ACCEPTED
     );
 
-    let accepted: Value = client
-        .get(control("accepted"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let accepted: Value = get_json(&client, control("accepted")).await;
     assert_eq!(accepted[0]["mailbox"], MAILBOX);
     assert_eq!(accepted[0]["body"], message());
     assert_eq!(accepted[1]["content_type"], "text/plain");
     assert_eq!(accepted[1]["mime_base64"], STANDARD.encode(MIME));
-    let rejected: Value = client
-        .get(control("rejected"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let rejected: Value = get_json(&client, control("rejected")).await;
     assert_eq!(
         rejected,
         json!([
@@ -1167,14 +1151,7 @@ async fn control_interface_routes() {
             {"path": format!("/v1.0/users/{MAILBOX}/sendMail"), "status": 429, "code": "TooManyRequests"},
         ])
     );
-    let stats: Value = client
-        .get(control("stats"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(&client, control("stats")).await;
     assert_eq!(
         (
             stats["accepted"].as_u64(),
