@@ -18,6 +18,19 @@
 //! within `graph.request_timeout`, and stays up, so (a) does not occur and every counter is
 //! expected to be 0; the summary prints them.
 //!
+//! Retry-After. The emulator records every request for a mailbox that arrives before the end of
+//! a Retry-After it gave. Some cannot be helped: requests the relay had sent, or dispatched,
+//! before it read the answer (up to 3 others in flight per mailbox), and on a loaded machine the
+//! task holding the answer may wait for a core while another task's answer frees a slot. Such
+//! requests come just after the answer: in the hand runs (docs/RELIABILITY.md) all within 100 ms,
+//! more than 95 % within 10 ms. Asserted: no request comes more than 100 ms after the answer and
+//! before the Retry-After ran out (a tenth of the 1 s used here), which a relay that forgets or
+//! ignores a pause cannot pass (a pause forgotten at a restart gave 124 such requests in one
+//! run). That the pause takes effect at once is proven exactly by the scheduler's unit tests
+//! (`retry_after_pauses_the_mailbox_before_the_deferral_is_persisted`,
+//! `a_retry_after_outlives_a_restart`). The summary prints the early requests by delay and how
+//! many came beyond the 3 that may have been in flight.
+//!
 //! Parameters: `GRAPH_RELAY_SOAK_MESSAGES` (default 1,000: about a minute in CI),
 //! `GRAPH_RELAY_SOAK_KILLS` (3), `GRAPH_RELAY_SOAK_SEED` (1), `GRAPH_RELAY_SOAK_SESSIONS` (8),
 //! `GRAPH_RELAY_SOAK_MAILBOXES` (4). The hand run and its results: docs/RELIABILITY.md.
@@ -39,6 +52,9 @@ const AMBIGUOUS: &str = "graph_relay_ambiguous_retries_total";
 /// `queue.mailbox_concurrency`.
 const CONCURRENCY: usize = 32;
 const MAILBOX_CONCURRENCY: usize = 4;
+/// How long after a Retry-After answer a request may still arrive without counting as ignoring
+/// it; see the module documentation.
+const REACTION_US: u64 = 100_000;
 
 /// The soak's size, from the environment.
 #[derive(Debug)]
@@ -278,6 +294,11 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
     let max_in_flight = emulator_stats.max_in_flight.values().copied().max();
     // How long after the Retry-After answer the early requests came: <1, <10, <100, ≥100 ms.
     let beyond_in_flight = audit.beyond(MAILBOX_CONCURRENCY - 1).len();
+    let latest_ms = audit
+        .early
+        .iter()
+        .map(|early| early.after_answer_us as f64 / 1000.0)
+        .fold(0.0, f64::max);
     let mut early_after = [0usize; 4];
     for early in &audit.early {
         let bucket = match early.after_answer_us {
@@ -296,7 +317,8 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
          soak: ambiguous retries per lifetime {ambiguous:?} (sum {ambiguous_sum}); in-flight bound \
          per kill {}; duplicates allowed {allowed}\n\
          soak: Retry-After answers {}, requests before their Retry-After {} (after the answer: \
-         <1 ms, <10 ms, <100 ms, later: {early_after:?}), of which beyond the 3 that may have \
+         <1 ms, <10 ms, <100 ms, later: {early_after:?}; the latest {latest_ms:.1} ms), of which \
+         beyond the 3 that may have \
          been on their way: {beyond_in_flight}; max in flight per mailbox {max_in_flight:?}\n\
          soak: queue after drain {stats:?}\n\
          soak: elapsed {:.1} s (load, kills and 90 % delivered {:.1} s, drain {:.1} s)",
@@ -325,12 +347,17 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
         duplicates as u64 <= allowed,
         "{duplicates} duplicates, at most {allowed} allowed"
     );
-    let violations = audit.beyond(MAILBOX_CONCURRENCY - 1);
+    let violations: Vec<_> = audit
+        .early
+        .iter()
+        .filter(|early| early.after_answer_us > REACTION_US)
+        .collect();
     assert!(
         violations.is_empty(),
-        "{} requests came before their mailbox's Retry-After ran out and cannot have been on \
-         their way when it was answered, e.g. {:#?}",
+        "{} requests came more than {} ms after their mailbox's Retry-After answer and before it \
+         ran out, e.g. {:#?}",
         violations.len(),
+        REACTION_US / 1000,
         &violations[..violations.len().min(10)]
     );
     assert!(audit.answers > 0, "the emulator never asked for a wait");
