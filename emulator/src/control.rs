@@ -7,13 +7,14 @@ use std::time::UNIX_EPOCH;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::state::{Fault, MailContent, Shared};
+use crate::throttle::Throttling;
 
 /// The `/_emulator` routes.
 pub fn router() -> Router<Arc<Shared>> {
@@ -23,6 +24,8 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/rejected", get(rejected))
         .route("/stats", get(stats))
         .route("/revoke", post(revoke))
+        .route("/throttling", put(set_throttling).delete(stop_throttling))
+        .route("/retry-after-audit", get(retry_after_audit))
 }
 
 async fn add_fault(State(shared): State<Arc<Shared>>, Json(fault): Json<Fault>) -> Response {
@@ -37,6 +40,30 @@ async fn add_fault(State(shared): State<Arc<Shared>>, Json(fault): Json<Fault>) 
 async fn clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.clear_faults();
     StatusCode::NO_CONTENT
+}
+
+async fn set_throttling(
+    State(shared): State<Arc<Shared>>,
+    Json(throttling): Json<Throttling>,
+) -> Response {
+    if let Err(e) = throttling.validate() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response();
+    }
+    shared.throttle.set(Some(throttling));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn stop_throttling(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.throttle.set(None);
+    StatusCode::NO_CONTENT
+}
+
+async fn retry_after_audit(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(shared.throttle.audit()))
 }
 
 async fn revoke(State(shared): State<Arc<Shared>>) -> StatusCode {

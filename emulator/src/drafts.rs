@@ -130,6 +130,23 @@ pub fn is_draft_route(method: &Method, path: &str) -> bool {
     route(method, path).is_some()
 }
 
+/// The mailbox a draft-path request counts against: the one in its URL, or for an upload URL
+/// the mailbox of the session's draft (`None` for an unknown session).
+pub fn mailbox(drafts: &Drafts, method: &Method, path: &str) -> Option<String> {
+    match route(method, path)? {
+        Route::Create(mailbox)
+        | Route::Delete(mailbox, _)
+        | Route::Attach(mailbox, _)
+        | Route::CreateSession(mailbox, _)
+        | Route::Send(mailbox, _) => Some(mailbox),
+        Route::Upload(session) => {
+            let inner = drafts.lock();
+            let draft = &inner.sessions.get(&session)?.draft_id;
+            inner.drafts.get(draft).map(|d| d.mailbox.clone())
+        }
+    }
+}
+
 fn not_found() -> GraphError {
     GraphError::new(
         StatusCode::NOT_FOUND,

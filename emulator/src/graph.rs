@@ -2,7 +2,7 @@
 //! authentication, authorization, size and routing errors (microsoft-graph.md §2, §3, §5).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
@@ -45,7 +45,14 @@ pub async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Resp
         client_request_id,
     };
     let path = request.uri().path().to_owned();
-    let result = if crate::drafts::is_draft_route(request.method(), &path) {
+    let mailbox = mailbox(&shared, request.method(), &path);
+    // Audited at arrival; a throttled request is answered before any work, as Graph does.
+    let throttled = mailbox
+        .as_ref()
+        .and_then(|m| shared.throttle.arrive(m, &path, Instant::now()));
+    let result = if let Some(fault) = throttled {
+        Err(GraphError::fault(fault))
+    } else if crate::drafts::is_draft_route(request.method(), &path) {
         crate::drafts::serve(&shared, request).await
     } else {
         serve(&shared, request)
@@ -55,6 +62,11 @@ pub async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Resp
     match result {
         Ok(response) => with_ids(response, &ids),
         Err(e) => {
+            if let (Some(mailbox), Some(retry_after)) = (&mailbox, &e.retry_after) {
+                shared
+                    .throttle
+                    .answered(mailbox, retry_after, Instant::now());
+            }
             shared.record_graph_rejection(Rejection {
                 path,
                 status: e.status.as_u16(),
@@ -113,6 +125,17 @@ fn error_response(e: GraphError, ids: &Ids) -> Response {
 enum Route {
     SendMail(String),
     Me,
+}
+
+/// The mailbox a Graph request counts against (Graph throttles per app and mailbox), if any.
+fn mailbox(shared: &Shared, method: &Method, path: &str) -> Option<String> {
+    if crate::drafts::is_draft_route(method, path) {
+        return crate::drafts::mailbox(&shared.drafts, method, path);
+    }
+    match route(method, path) {
+        Ok(Route::SendMail(mailbox)) => Some(mailbox),
+        _ => None,
+    }
 }
 
 /// Only `POST /v1.0/users/{id}/sendMail`; segment names compare case-insensitively as in Graph.

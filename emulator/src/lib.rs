@@ -1,6 +1,7 @@
 //! graph-relay's stand-in for Microsoft: an emulator of the Entra token endpoint
 //! (client credentials) and of Graph `sendMail`, written from `shared/docs/microsoft-graph.md`
-//! and as strict as Microsoft, with fault injection and recording for tests and benchmarks.
+//! and as strict as Microsoft, with fault injection (queued faults and seeded random throttling),
+//! a per-mailbox audit of `Retry-After`, and recording for tests and benchmarks.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -25,6 +26,7 @@ mod entra;
 mod graph;
 mod message;
 mod state;
+mod throttle;
 mod util;
 
 use std::io;
@@ -39,6 +41,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{App, EmulatorConfig, FederatedCredential, Secret, Tenant};
 pub use state::{AcceptedMail, Fault, FaultTarget, MailContent, Rejection, Stats};
+pub use throttle::{EarlyRequest, RetryAfterAudit, Throttling, ThrottlingError};
 
 use state::Shared;
 
@@ -120,6 +123,25 @@ impl Emulator {
     /// Drops all queued faults.
     pub fn clear_faults(&self) {
         self.shared.clear_faults();
+    }
+
+    /// Answers a share of the requests that name a mailbox (sendMail and the draft path) with
+    /// 429 or 503 at random; `None` stops it. Queued faults ([`Emulator::inject`]) still apply.
+    ///
+    /// # Errors
+    /// Shares outside 0..=1 or adding up to more than 1.
+    pub fn throttle(&self, throttling: Option<Throttling>) -> Result<(), ThrottlingError> {
+        if let Some(t) = &throttling {
+            t.validate()?;
+        }
+        self.shared.throttle.set(throttling);
+        Ok(())
+    }
+
+    /// Every `Retry-After` answered for a mailbox, and each request for that mailbox that came
+    /// before it ran out (which Graph counts against the caller).
+    pub fn retry_after_audit(&self) -> RetryAfterAudit {
+        self.shared.throttle.audit()
     }
 
     /// Every sendMail answered with 202, oldest first.

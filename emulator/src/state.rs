@@ -171,6 +171,8 @@ pub struct Shared {
     inner: Mutex<Inner>,
     /// Drafts and upload sessions of the large-message path.
     pub drafts: crate::drafts::Drafts,
+    /// Random throttling and the Retry-After audit.
+    pub throttle: crate::throttle::Throttle,
 }
 
 impl Shared {
@@ -179,6 +181,7 @@ impl Shared {
             config,
             inner: Mutex::new(Inner::default()),
             drafts: crate::drafts::Drafts::default(),
+            throttle: crate::throttle::Throttle::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use graph_relay_emulator::{Emulator, EmulatorConfig, MailContent, start};
+use graph_relay_emulator::{Emulator, EmulatorConfig, MailContent, Throttling, start};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
@@ -162,6 +162,52 @@ async fn example_c_draft_upload_session_and_send() {
         .unwrap();
     assert!(sent == data);
     assert_eq!(emu.open_drafts(), 0);
+}
+
+/// Throttling is per mailbox on the draft path too, upload URLs included (they carry no
+/// mailbox: the session's draft names it).
+#[tokio::test]
+async fn draft_path_requests_are_throttled_and_audited_by_mailbox() {
+    let emu = emulator(true, |_| {}).await;
+    let token = token(&emu).await;
+    let (status, created) = post(&emu, &token, "", &draft()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let total = 3 * MIB;
+    let (_, session) = post(
+        &emu,
+        &token,
+        &format!("/{id}/attachments/createUploadSession"),
+        &item(total),
+    )
+    .await;
+    let url = session["uploadUrl"].as_str().unwrap().to_owned();
+    emu.throttle(Some(Throttling {
+        seed: 9,
+        too_many_requests: 1.0,
+        unavailable: 0.0,
+        unavailable_retry_after: 0.0,
+        retry_after_s: 5,
+    }))
+    .unwrap();
+    let (status, error) = put(&url, 0, &vec![0u8; total], total).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    let (status, _) = post(&emu, &token, &format!("/{id}/send"), &Value::Null).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let audit = emu.retry_after_audit();
+    assert_eq!(audit.answers, 2);
+    assert_eq!(audit.early.len(), 1, "{audit:?}");
+    assert_eq!(audit.early[0].mailbox, MAILBOX);
+    assert!(audit.early[0].path.ends_with("/send"), "{audit:?}");
+    // Unthrottled, the draft still goes out: a throttled request changed nothing.
+    emu.throttle(None).unwrap();
+    assert_eq!(
+        put(&url, 0, &vec![0u8; total], total).await.0,
+        StatusCode::CREATED
+    );
+    let (status, _) = post(&emu, &token, &format!("/{id}/send"), &Value::Null).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(emu.retry_after_audit().early.len(), 3);
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use graph_relay_emulator::{Emulator, EmulatorConfig, Fault, MailContent, Secret, start, start_on};
+use graph_relay_emulator::{
+    Emulator, EmulatorConfig, Fault, MailContent, Secret, Throttling, start, start_on,
+};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -966,6 +968,66 @@ async fn graph_fault_429_with_retry_after_then_success() {
     );
 }
 
+/// Random throttling answers sendMail with 429/503 in the configured shares; every request
+/// for a mailbox held by a Retry-After is audited, the others are not.
+#[tokio::test]
+async fn random_throttling_and_the_retry_after_audit() {
+    let emu = emulator().await;
+    let token = token(&emu).await;
+    let always = |too_many_requests, unavailable, unavailable_retry_after| Throttling {
+        seed: 1,
+        too_many_requests,
+        unavailable,
+        unavailable_retry_after,
+        retry_after_s: 1,
+    };
+    emu.throttle(Some(always(1.0, 0.0, 0.0))).unwrap();
+    let answer = send_json(&emu, &token, &message()).await;
+    answer.assert_error(429, "TooManyRequests");
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    // Too early: audited (and throttled again, which does not shorten the hold).
+    send_json(&emu, &token, &message())
+        .await
+        .assert_error(429, "TooManyRequests");
+    let audit = emu.retry_after_audit();
+    assert_eq!(audit.answers, 2);
+    assert_eq!(audit.early.len(), 1, "{audit:?}");
+    assert_eq!(audit.early[0].mailbox, MAILBOX);
+    assert_eq!(
+        audit.early[0].path,
+        format!("/v1.0/users/{MAILBOX}/sendMail")
+    );
+    assert!(audit.early[0].early_us > 500_000, "{audit:?}");
+
+    // A 503 without Retry-After holds nothing; after the hold ran out nothing is early.
+    emu.throttle(Some(always(0.0, 1.0, 0.0))).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answer = send_json(&emu, &token, &message()).await;
+    answer.assert_error(503, "serviceNotAvailable");
+    assert!(answer.header("retry-after").is_none());
+    emu.throttle(None).unwrap();
+    assert_eq!(
+        send_json(&emu, &token, &message()).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(emu.retry_after_audit().early.len(), 1);
+    // A queued fault's Retry-After holds the mailbox too.
+    emu.inject(Fault::graph(503, 1).retry_after("30"));
+    send_json(&emu, &token, &message())
+        .await
+        .assert_error(503, "serviceNotAvailable");
+    assert_eq!(
+        send_json(&emu, &token, &message()).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(emu.retry_after_audit().early.len(), 2);
+    assert_eq!(emu.accepted().len(), 2);
+    assert!(
+        emu.throttle(Some(always(0.7, 0.7, 0.0))).is_err(),
+        "shares above 1 are refused"
+    );
+}
+
 #[tokio::test]
 async fn token_fault_then_success() {
     let emu = emulator().await;
@@ -990,6 +1052,11 @@ async fn token_fault_then_success() {
     let stats = emu.stats();
     assert_eq!((stats.tokens_refused, stats.tokens_issued), (1, 1));
     assert_eq!(emu.token_requests(), 2);
+}
+
+async fn get_json(client: &Client, url: String) -> Value {
+    let response = client.get(url).send().await.expect("get");
+    response.json().await.expect("json")
 }
 
 #[tokio::test]
@@ -1018,6 +1085,38 @@ async fn control_interface_routes() {
     answer.assert_error(503, "serviceNotAvailable");
     assert_eq!(answer.header("retry-after"), Some("2.128"));
 
+    let throttling = json!({"seed": 3, "too_many_requests": 1.0, "unavailable": 0.0,
+                            "unavailable_retry_after": 0.0, "retry_after_s": 7});
+    let set = client
+        .put(control("throttling"))
+        .json(&throttling)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(set.status(), StatusCode::NO_CONTENT);
+    let mut bad = throttling.clone();
+    bad["unavailable"] = json!(0.5);
+    let refused = client
+        .put(control("throttling"))
+        .json(&bad)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    // Still inside the 2.128 s of the fault above: early, then held for 7 s more.
+    let answer = send_json(&emu, &token, &message()).await;
+    answer.assert_error(429, "TooManyRequests");
+    assert_eq!(answer.header("retry-after"), Some("7"));
+    let stopped = client
+        .delete(control("throttling"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(stopped.status(), StatusCode::NO_CONTENT);
+    let audit: Value = get_json(&client, control("retry-after-audit")).await;
+    assert_eq!(audit["answers"], 2);
+    assert_eq!(audit["early"][0]["mailbox"], MAILBOX);
+
     client
         .post(control("faults"))
         .json(&json!({"target": "graph", "status": 429}))
@@ -1039,45 +1138,27 @@ async fn control_interface_routes() {
         StatusCode::ACCEPTED
     );
 
-    let accepted: Value = client
-        .get(control("accepted"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let accepted: Value = get_json(&client, control("accepted")).await;
     assert_eq!(accepted[0]["mailbox"], MAILBOX);
     assert_eq!(accepted[0]["body"], message());
     assert_eq!(accepted[1]["content_type"], "text/plain");
     assert_eq!(accepted[1]["mime_base64"], STANDARD.encode(MIME));
-    let rejected: Value = client
-        .get(control("rejected"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let rejected: Value = get_json(&client, control("rejected")).await;
     assert_eq!(
         rejected,
-        json!([{"path": format!("/v1.0/users/{MAILBOX}/sendMail"), "status": 503, "code": "serviceNotAvailable"}])
+        json!([
+            {"path": format!("/v1.0/users/{MAILBOX}/sendMail"), "status": 503, "code": "serviceNotAvailable"},
+            {"path": format!("/v1.0/users/{MAILBOX}/sendMail"), "status": 429, "code": "TooManyRequests"},
+        ])
     );
-    let stats: Value = client
-        .get(control("stats"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(&client, control("stats")).await;
     assert_eq!(
         (
             stats["accepted"].as_u64(),
             stats["rejected"].as_u64(),
             stats["tokens_issued"].as_u64()
         ),
-        (Some(2), Some(1), Some(1))
+        (Some(2), Some(2), Some(1))
     );
 
     let revoked = client.post(control("revoke")).send().await.expect("post");

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Counters;
+use super::pauses::PauseFile;
 use super::scheduler::{Command, EntryState, EntryView, QueueHandle};
 use super::spool::{EntryMeta, QueueId, Spool, now_ms};
 use crate::telemetry::{QUEUE_MESSAGES, QUEUE_OLDEST_AGE};
@@ -152,6 +153,14 @@ pub fn answer_offline(
             if let (Some(id), 0) = (id, changed) {
                 spool.requeue(id).map_err(|err| err.to_string())?;
                 changed = 1;
+            }
+            // As the daemon's `--all` lifts every pause, so does this one the kept Retry-After
+            // pauses; one entry's mailbox is not known without its parsed message, so a single
+            // retry keeps them.
+            if id.is_none() {
+                PauseFile::new(spool.dir())
+                    .store(&[])
+                    .map_err(|err| format!("cannot lift the kept Retry-After pauses: {err}"))?;
             }
             Ok(Answer::Changed(changed))
         }

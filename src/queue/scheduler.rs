@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,7 @@ use super::ack::{self, Claimed, Verdict, Wait, Watch, Watcher};
 use super::dsn::{Cause, Reporter};
 use super::metrics::Counters;
 use super::pacing::{MinuteWindow, Pacing};
+use super::pauses::PauseFile;
 use super::retry::{Class, Decision, FaultScope, Pause, RetryPolicy};
 use super::spool::{EntryMeta, QueueId, Spool, SpoolError};
 use crate::delivery::Outcome;
@@ -210,14 +211,19 @@ pub struct Scheduler<A> {
 /// What a worker or resolver reports back to the scheduler loop.
 enum Report {
     Resolved(EntryMeta, Lane),
+    /// An attempt's answer pauses its lane or profile. Sent as soon as the answer is known,
+    /// before the outcome is persisted, so no request leaves for a paused mailbox meanwhile.
+    Paused {
+        lane: Lane,
+        pause: Pause,
+        /// A configuration fault's cause and fix, for the one log line of its pause.
+        fault: Option<(String, &'static str)>,
+    },
     Done {
         lane: Lane,
         id: QueueId,
         delivered: bool,
         retry: Option<EntryMeta>,
-        pause: Option<Pause>,
-        /// A configuration fault's cause and fix, for the one log line of its pause.
-        fault: Option<(String, &'static str)>,
     },
 }
 
@@ -279,6 +285,26 @@ impl<A: Attempt> Scheduler<A> {
             waiting.push(meta, None);
         }
         let mut lanes = Lanes::new(self.limits.per_lane, self.pacing);
+        // Retry-After pauses of the process before this one (killed, perhaps) still hold.
+        let pause_file = PauseFile::new(self.spool.dir());
+        for (lane, until_ms) in pause_file.load(self.clock.now_ms()) {
+            let pause = Pause {
+                scope: FaultScope::Mailbox,
+                until_ms,
+                probe: false,
+            };
+            lanes.pause(&lane, pause);
+        }
+        let (pauses, kept) = watch::channel(lanes.throttle_pauses(self.clock.now_ms()));
+        workers.spawn(keep_pauses(pause_file, kept, shutdown.clone()));
+        let publish = |lanes: &Lanes| {
+            let now = lanes.throttle_pauses(self.clock.now_ms());
+            pauses.send_if_modified(|kept| {
+                let changed = *kept != now;
+                *kept = now;
+                changed
+            });
+        };
         let mut held = Held::default();
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         loop {
@@ -313,6 +339,7 @@ impl<A: Attempt> Scheduler<A> {
                     counters: self.counters.clone(),
                     dsn: self.dsn.clone(),
                     notices: self.notices.clone(),
+                    reports: report_tx.clone(),
                 };
                 let tx = report_tx.clone();
                 workers.spawn(async move {
@@ -341,34 +368,36 @@ impl<A: Attempt> Scheduler<A> {
                         waiting.push(meta, None);
                     }
                     self.command(command, &mut waiting, &mut lanes, &mut held);
+                    publish(&lanes);
                 }
                 Some(report) = report_rx.recv() => match report {
                     Report::Resolved(meta, lane) => {
                         held.resolving.remove(&meta.id);
                         lanes.push(lane, meta);
                     }
-                    Report::Done { lane, id, delivered, retry, pause, fault } => {
+                    Report::Paused { lane, pause, fault } => {
+                        let newly = lanes.pause(&lane, pause);
+                        publish(&lanes);
+                        if let (true, Some((cause, fix))) = (newly, fault) {
+                            let scope = match pause.scope {
+                                FaultScope::Mailbox => "mailbox",
+                                FaultScope::Profile => "authentication profile",
+                            };
+                            tracing::error!(
+                                profile = %lane.profile,
+                                mailbox = %lane.mailbox,
+                                %cause,
+                                fix,
+                                retry_in_s = pause.until_ms.saturating_sub(self.clock.now_ms()) / 1000,
+                                "configuration fault: {scope} paused, its messages stay queued; fix: {fix}"
+                            );
+                        }
+                    }
+                    Report::Done { lane, id, delivered, retry } => {
                         let recipients = held
                             .in_flight
                             .remove(&id)
                             .map_or(0, |meta| meta.envelope.rcpt_to.len() as u64);
-                        if let Some(pause) = pause {
-                            let newly = lanes.pause(&lane, pause);
-                            if let (true, Some((cause, fix))) = (newly, fault) {
-                                let scope = match pause.scope {
-                                    FaultScope::Mailbox => "mailbox",
-                                    FaultScope::Profile => "authentication profile",
-                                };
-                                tracing::error!(
-                                    profile = %lane.profile,
-                                    mailbox = %lane.mailbox,
-                                    %cause,
-                                    fix,
-                                    retry_in_s = pause.until_ms.saturating_sub(self.clock.now_ms()) / 1000,
-                                    "configuration fault: {scope} paused, its messages stay queued; fix: {fix}"
-                                );
-                            }
-                        }
                         lanes.done(&lane, delivered, recipients);
                         if let Some(meta) = retry {
                             waiting.push(meta, Some(lane));
@@ -443,6 +472,34 @@ impl<A: Attempt> Scheduler<A> {
                     Ok(false)
                 };
                 let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Writes each new list of throttling pauses to `file`, one write at a time, so the last
+/// list is the one kept.
+async fn keep_pauses(
+    file: PauseFile,
+    mut pauses: watch::Receiver<Vec<(Lane, u64)>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = pauses.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let list = pauses.borrow_and_update().clone();
+                let file = file.clone();
+                match tokio::task::spawn_blocking(move || file.store(&list)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "cannot keep throttling pauses for a restart");
+                    }
+                    Err(err) => tracing::warn!(error = %err, "throttling pause task failed"),
+                }
             }
         }
     }
@@ -703,6 +760,18 @@ impl Lanes {
         }
     }
 
+    /// The running Retry-After pauses (not configuration faults'), in lane order.
+    fn throttle_pauses(&self, now: u64) -> Vec<(Lane, u64)> {
+        let mut pauses: Vec<(Lane, u64)> = self
+            .lanes
+            .iter()
+            .filter(|(_, state)| state.paused_until > now && !state.probing)
+            .map(|(lane, state)| (lane.clone(), state.paused_until))
+            .collect();
+        pauses.sort();
+        pauses
+    }
+
     /// Whether `lane` is held back by a configuration fault (of its own or of its profile).
     fn is_faulted(&self, lane: &Lane) -> bool {
         self.lanes.get(lane).is_some_and(|state| state.probing)
@@ -773,6 +842,8 @@ struct Worker<A> {
     counters: Arc<Counters>,
     dsn: Option<Arc<Reporter>>,
     notices: mpsc::UnboundedSender<EntryMeta>,
+    /// For [`Report::Paused`], ahead of this worker's [`Report::Done`].
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 impl<A: Attempt> Worker<A> {
@@ -852,10 +923,16 @@ impl<A: Attempt> Worker<A> {
             }
             _ => None,
         };
-        let pause = match &decision {
-            Decision::Retry { pause, .. } => *pause,
-            Decision::Fail { .. } => None,
-        };
+        if let Decision::Retry {
+            pause: Some(pause), ..
+        } = decision
+        {
+            let _ = self.reports.send(Report::Paused {
+                lane: lane.clone(),
+                pause,
+                fault,
+            });
+        }
         // Entries whose client was told to try again are not kept: the client sends them again.
         let not_kept = dropped
             || (watcher.as_ref().map(Watcher::wait) == Some(Wait::Synchronous)
@@ -873,17 +950,10 @@ impl<A: Attempt> Worker<A> {
             if let Some(watcher) = watcher {
                 watcher.tell(Verdict::TryLater);
             }
-            return Report::Done {
-                lane,
-                id,
-                delivered: false,
-                retry: None,
-                pause,
-                fault,
-            };
+            return Report::done(lane, id, false);
         }
         match decision {
-            Decision::Retry { at_ms, pause } => {
+            Decision::Retry { at_ms, .. } => {
                 self.counters.retried();
                 match class {
                     Class::Ambiguous => self.counters.ambiguous_retry(),
@@ -911,8 +981,6 @@ impl<A: Attempt> Worker<A> {
                     id,
                     delivered: false,
                     retry: Some(meta),
-                    pause,
-                    fault,
                 }
             }
             Decision::Fail { why } => {
@@ -980,15 +1048,13 @@ impl<A: Attempt> Worker<A> {
 }
 
 impl Report {
-    /// An attempt that leaves nothing to retry and pauses nothing.
+    /// An attempt that leaves nothing to retry.
     fn done(lane: Lane, id: QueueId, delivered: bool) -> Self {
         Self::Done {
             lane,
             id,
             delivered,
             retry: None,
-            pause: None,
-            fault: None,
         }
     }
 }

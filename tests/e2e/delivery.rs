@@ -2,17 +2,11 @@
 //! `queue` command on a live and a stopped daemon, `452` when the spool is full, SIGKILL under
 //! load, and the acknowledgement modes (`queued`, `synchronous`, `hybrid`). Assertions are "at least once": duplicates never exceed the ambiguous retries.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use graph_relay_emulator::{EmulatorConfig, Fault};
 
 use super::support::*;
-
-fn with(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
 
 /// Submits `n` messages on one connection, subjects `{prefix}-{i}`; returns the subjects.
 async fn submit_many(relay: &Relay, prefix: &str, n: usize) -> Vec<String> {
@@ -27,30 +21,6 @@ async fn submit_many(relay: &Relay, prefix: &str, n: usize) -> Vec<String> {
         subjects.push(subject);
     }
     subjects
-}
-
-/// How often each subject reached the emulator.
-fn arrivals(emulator: &graph_relay_emulator::Emulator) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for (_, message) in accepted_messages(emulator) {
-        *counts
-            .entry(message["subject"].as_str().unwrap_or("").to_string())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
-/// `queue stats` as (name → value) pairs.
-fn queue_stats(env: &[(String, String)]) -> HashMap<String, u64> {
-    let (code, stdout, stderr) = run_relay(&["queue", "stats"], env);
-    assert_eq!(code, 0, "queue stats failed: {stderr}");
-    stdout
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            Some((name.trim().to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Every subject arrived at least once and the duplicates stay within the ambiguous retries.

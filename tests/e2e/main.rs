@@ -8,6 +8,7 @@ mod hardening;
 mod identity;
 mod operations;
 mod smtp;
+mod soak;
 mod support;
 
 use std::time::Duration;

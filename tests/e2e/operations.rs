@@ -13,20 +13,6 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
-/// The value of an unlabelled Prometheus sample, 0 when absent.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn metrics_and_health_endpoints_report_real_traffic() {
     let emulator = emulator().await;

@@ -122,26 +122,30 @@ fn start_with(
     limits: Limits,
     configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
 ) -> Harness {
-    start_over(attempt, limits, configure, Arc::new(RealFs))
+    start_on(attempt, limits, Arc::new(RealFs), configure)
 }
 
-/// As [`start_with`], the spool's file operations being `fs`.
-fn start_over(
-    attempt: Arc<Scripted>,
-    limits: Limits,
-    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
-    fs: Arc<dyn FileOps>,
-) -> Harness {
-    let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open_with(tmp.path(), fs).unwrap();
-    let spool = Arc::new(spool);
-    let policy = RetryPolicy::try_new(
+fn policy() -> RetryPolicy {
+    RetryPolicy::try_new(
         Duration::from_secs(1),
         Duration::from_secs(60),
         Duration::from_secs(3600),
         Duration::from_secs(300),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// As [`start_with`], with the spool's file operations in `fs`.
+fn start_on(
+    attempt: Arc<Scripted>,
+    limits: Limits,
+    fs: Arc<dyn FileOps>,
+    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
+) -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open_with(tmp.path(), fs).unwrap();
+    let spool = Arc::new(spool);
+    let policy = policy();
     let clock = Clock::starting_at(EPOCH_MS);
     let counters = Arc::new(Counters::default());
     let (scheduler, queue) = Scheduler::new(
@@ -343,6 +347,122 @@ async fn retry_after_pauses_only_its_mailbox_and_the_retry_lands_within_a_second
         count(&h.counters, crate::telemetry::AMBIGUOUS_RETRIES),
         0,
         "a 429 is not ambiguous"
+    );
+}
+
+/// The real file system, with every fsync taking `delay` once `slow` is set.
+struct SlowSync {
+    slow: std::sync::atomic::AtomicBool,
+    delay: Duration,
+}
+
+impl FileOps for SlowSync {
+    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        RealFs.create(path)
+    }
+    fn write(
+        &self,
+        file: &mut std::fs::File,
+        path: &std::path::Path,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        RealFs.write(file, path, bytes)
+    }
+    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
+        if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
+        RealFs.sync(file, path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+    fn sync_fs(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
+        RealFs.sync_fs(dir)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        RealFs.remove(path)
+    }
+}
+
+/// A 429 pauses its mailbox when it comes back, not once the deferral is on disk: while the
+/// throttled entry's update waits for a slow fsync, the lane's freed slots stay empty.
+/// Real time: the fsync blocks a thread, which paused tokio time would not wait for.
+#[tokio::test]
+async fn retry_after_pauses_the_mailbox_before_the_deferral_is_persisted() {
+    let attempt = Scripted::new(Duration::from_millis(50));
+    attempt.answer("a@contoso.com", throttled(1_000));
+    let fs = Arc::new(SlowSync {
+        slow: Default::default(),
+        delay: Duration::from_millis(400),
+    });
+    let limits = Limits {
+        concurrency: 8,
+        per_lane: 2,
+    };
+    let h = start_on(attempt.clone(), limits, fs.clone(), |scheduler| scheduler);
+    let committed: Vec<EntryMeta> = (0..4).map(|_| h.commit("a@contoso.com")).collect();
+    fs.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    for meta in committed {
+        h.queue.enqueue(meta);
+    }
+    h.drained(Duration::from_secs(10)).await;
+    let a = attempt.attempts("a@contoso.com");
+    assert_eq!(a.len(), 5, "one 429, its retry and three more");
+    let pause_end = a[0].1 + Duration::from_millis(1_000);
+    for (start, _) in &a[2..] {
+        assert!(
+            *start >= pause_end,
+            "a request {:?} before the Retry-After ran out",
+            pause_end - *start
+        );
+    }
+}
+
+/// A relay killed during a Retry-After and started again still waits it out (real time: the
+/// pauses are kept by a blocking write).
+#[tokio::test]
+async fn a_retry_after_outlives_a_restart() {
+    let attempt = Scripted::new(Duration::from_millis(10));
+    attempt.answer("a@contoso.com", throttled(800));
+    let h = start(attempt.clone(), LIMITS);
+    h.submit("a@contoso.com");
+    let kept = h.spool.dir().join("throttle-pauses");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !kept.exists() {
+        assert!(Instant::now() < deadline, "the pause was not kept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.stop.cancel();
+    let answered_at = attempt.attempts("a@contoso.com")[0].1;
+
+    let (scheduler, queue) = Scheduler::new(
+        h.spool.clone(),
+        attempt.clone(),
+        policy(),
+        LIMITS,
+        h.clock,
+        h.counters.clone(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(scheduler.run(Vec::new(), stop.clone(), TaskTracker::new()));
+    queue.enqueue(h.commit("a@contoso.com"));
+    while attempt.attempts("a@contoso.com").len() < 2 {
+        assert!(Instant::now() < deadline, "not sent after the pause");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    let sent_at = attempt.attempts("a@contoso.com")[1].0;
+    assert!(
+        sent_at >= answered_at + Duration::from_millis(800),
+        "sent {:?} before the Retry-After ran out",
+        answered_at + Duration::from_millis(800) - sent_at
     );
 }
 
@@ -836,7 +956,7 @@ async fn a_delivered_entry_that_cannot_be_removed_is_kept_intact_and_removed_lat
     let fs = Arc::new(FaultyFs::default());
     fs.read_only.store(true, SeqCst);
     let attempt = Scripted::new(Duration::from_millis(10));
-    let h = start_over(attempt.clone(), LIMITS, |s| s, fs.clone());
+    let h = start_on(attempt.clone(), LIMITS, fs.clone(), |s| s);
     let id = h.submit("a@contoso.com");
     h.drained(Duration::from_secs(5)).await;
     // Ten minutes of a read-only spool: the entry is on disk, whole, and still committed; the

@@ -201,38 +201,53 @@ pub struct SmtpClient {
 
 impl SmtpClient {
     pub async fn connect(addr: SocketAddr) -> SmtpClient {
-        let stream = TcpStream::connect(addr).await.expect("relay accepts");
+        SmtpClient::try_connect(addr).await.expect("relay accepts")
+    }
+
+    /// Connects and reads a `220` greeting; any failure is an error (a relay may be down).
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<SmtpClient> {
+        let stream = TcpStream::connect(addr).await?;
         let mut client = SmtpClient {
             reader: AsyncBufReader::new(stream),
         };
-        let greeting = client.reply().await;
-        assert!(greeting.starts_with("220 "), "{greeting}");
-        client
+        let greeting = client.try_reply().await?;
+        if !greeting.starts_with("220 ") {
+            return Err(std::io::Error::other(format!("greeting {greeting:?}")));
+        }
+        Ok(client)
     }
 
     /// The next reply, multi-line replies joined.
     pub async fn reply(&mut self) -> String {
+        self.try_reply().await.expect("a reply")
+    }
+
+    /// As [`SmtpClient::reply`]; a closed connection or 10 s of silence is an error.
+    pub async fn try_reply(&mut self) -> std::io::Result<String> {
         let mut reply = String::new();
         loop {
             let mut line = String::new();
             let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
                 .await
-                .expect("reply within 10 s")
-                .expect("read");
-            assert!(n > 0, "connection closed after {reply:?}");
+                .map_err(|_| std::io::Error::other("no reply within 10 s"))??;
+            if n == 0 {
+                return Err(std::io::Error::other(format!(
+                    "connection closed after {reply:?}"
+                )));
+            }
             reply.push_str(&line);
             if line.as_bytes().get(3) != Some(&b'-') {
-                return reply.trim_end().to_string();
+                return Ok(reply.trim_end().to_string());
             }
         }
     }
 
     pub async fn send(&mut self, text: &str) {
-        self.reader
-            .get_mut()
-            .write_all(text.as_bytes())
-            .await
-            .unwrap();
+        self.try_send(text).await.unwrap();
+    }
+
+    pub async fn try_send(&mut self, text: &str) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(text.as_bytes()).await
     }
 
     /// Sends one command line and checks the reply code.
@@ -328,4 +343,75 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// `env` with `pairs` added (later entries win in the child's environment).
+pub fn with(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// How often each subject reached the emulator.
+pub fn arrivals(emulator: &Emulator) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for (_, message) in accepted_messages(emulator) {
+        *counts
+            .entry(message["subject"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `queue stats` (of the running daemon, else of the spool) as (name → value) pairs.
+pub fn queue_stats(env: &[(String, String)]) -> std::collections::HashMap<String, u64> {
+    let (code, stdout, stderr) = run_relay(&["queue", "stats"], env);
+    assert_eq!(code, 0, "queue stats failed: {stderr}");
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.trim().to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of an unlabelled Prometheus sample, 0 when absent.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The value of an unlabelled sample on the relay's `/metrics`, 0 when absent.
+pub async fn metric(relay: &Relay, name: &str) -> f64 {
+    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
+        .await
+        .expect("metrics endpoint answers")
+        .text()
+        .await
+        .expect("metrics body");
+    sample(&metrics, name)
+}
+
+/// Waits until the relay's `/readyz` says ready (its control socket is then bound too).
+pub async fn wait_ready(relay: &Relay) {
+    let url = format!("http://{}/readyz", relay.http);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("relay not ready within 20 s:\n{}", relay.logs());
 }
