@@ -891,7 +891,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let spool = self.ctx.spool.clone();
         let incoming = tx.incoming.take();
-        let pending = std::mem::take(&mut tx.pending);
+        let mut pending = std::mem::take(&mut tx.pending);
+        // A trailing CR may still be taken back by the receiver (see `take_body`): it waits
+        // for the next write.
+        let held_cr = pending.last() == Some(&b'\r');
+        if held_cr {
+            pending.pop();
+        }
         let result = tokio::task::spawn_blocking(move || {
             let mut incoming = match incoming {
                 Some(incoming) => incoming,
@@ -910,6 +916,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match result {
             Ok((incoming, mut pending)) => {
                 pending.clear();
+                if held_cr {
+                    pending.push(b'\r');
+                }
                 tx.incoming = Some(incoming);
                 tx.pending = pending;
             }
@@ -1028,6 +1037,12 @@ impl Transaction {
     /// (only `<CRLF>.<CRLF>` ended the data; this is storage, not framing), the size grows, and
     /// the header block is kept while `sender_policy` needs it.
     fn take_body(&mut self, from: usize) {
+        // At `<CRLF>.<CR><LF>` the receiver takes back the CR it stored while the LF was still
+        // to come, which may have been in an earlier read: `pending` can end shorter than it
+        // began.
+        let taken_back = from.saturating_sub(self.pending.len());
+        self.size -= taken_back as u64;
+        let from = from - taken_back;
         if self.pending[from..]
             .iter()
             .enumerate()

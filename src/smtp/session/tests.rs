@@ -469,6 +469,30 @@ async fn large_bodies_are_streamed_to_the_spool_intact() {
     assert_eq!(s.spool.read_body(meta.id).unwrap(), body.as_bytes());
 }
 
+/// `<CRLF>.<CR>` and its `<LF>` in separate reads (a slow client; found by the fuzzer): the
+/// message ends there, whole, also when a buffer flush falls between them.
+#[tokio::test]
+async fn the_end_of_data_split_after_its_cr_ends_the_message_intact() {
+    for filler in [10, BUFFER_SIZE - 3] {
+        let mut s = start(config()).await;
+        s.expect("EHLO c", "250").await;
+        s.expect("MAIL FROM:<a@example.com>", "250").await;
+        s.expect("RCPT TO:<b@example.com>", "250").await;
+        s.expect("DATA", "354").await;
+        let body = format!("{}\r\n", "a".repeat(filler));
+        s.send(format!("{body}.\r")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.send("\n").await;
+        Harness::queued_id(&s.reply().await);
+        let meta = s.next_queued().await;
+        assert_eq!(
+            s.spool.read_body(meta.id).unwrap(),
+            body.as_bytes(),
+            "filler {filler}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bdat_chunks_make_one_message() {
     let mut s = start(config()).await;
