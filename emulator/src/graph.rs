@@ -53,7 +53,11 @@ pub async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Resp
     let result = if let Some(fault) = throttled {
         Err(GraphError::fault(fault))
     } else if crate::drafts::is_draft_route(request.method(), &path) {
-        crate::drafts::serve(&shared, request).await
+        // Queued faults apply to every Graph request, the draft path's too.
+        match shared.take_fault(FaultTarget::Graph) {
+            Some(fault) => Err(GraphError::fault(fault)),
+            None => crate::drafts::serve(&shared, request).await,
+        }
     } else {
         serve(&shared, request)
             .await

@@ -111,6 +111,18 @@ impl GraphError {
         }
     }
 
+    /// Graph asked for less traffic to the mailbox (429, 503): no request should follow
+    /// until the pause is over.
+    pub fn is_throttled(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                status: 429 | 503,
+                ..
+            }
+        )
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Refused { retry_after, .. } => *retry_after,

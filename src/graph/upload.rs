@@ -364,7 +364,8 @@ impl Chunks {
 /// attachments are read from it as they are uploaded). `orphan` is a draft id left by an earlier attempt
 /// (deleted first, so a crash never leads to two drafts or a half-sent one); `persist` records
 /// the new draft id before anything is uploaded. On failure the new draft is deleted (best
-/// effort; a draft that survives is found through the spool's draft id next time).
+/// effort; a draft that survives is found through the spool's draft id next time), except
+/// when Graph throttled the mailbox: then the next attempt, after the pause, deletes it.
 ///
 /// # Errors
 /// [`UploadFailure`]; [`GraphError::is_retryable`] tells whether a retry can help.
@@ -387,11 +388,16 @@ pub async fn send_by_upload(
         .create_draft(token, sender, &plan.draft)
         .await
         .map_err(UploadFailure::Graph)?;
-    let result = match persist(&draft_id) {
-        Err(err) => Err(UploadFailure::Persist(err)),
+    let persisted = persist(&draft_id);
+    let result = match &persisted {
+        Err(err) => Err(UploadFailure::Persist(err.clone())),
         Ok(()) => fill_and_send(client, token, plan, message, &draft_id).await,
     };
+    // A throttled mailbox is not called again before its Retry-After: the draft, whose id is
+    // in the spool, is deleted first thing at the next attempt instead.
+    let throttled = matches!(&result, Err(UploadFailure::Graph(err)) if err.is_throttled());
     if result.is_err()
+        && !(throttled && persisted.is_ok())
         && let Err(err) = client.delete_draft(token, sender, &draft_id).await
     {
         tracing::warn!(draft_id, error = %err, "could not delete the unsent draft");

@@ -357,6 +357,65 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
     assert_eq!(emulator.open_drafts(), 0);
 }
 
+/// A 429 in the middle of the draft path is not followed by a request to delete the draft
+/// before the Retry-After: the next attempt, after it, deletes the draft and starts again.
+#[tokio::test]
+async fn a_throttled_upload_leaves_its_draft_for_the_retry_after_the_pause() {
+    use graph_relay::config::ClientCredentials;
+    use graph_relay::graph::client::GraphClient;
+    use graph_relay::graph::token::TokenProvider;
+    use graph_relay::graph::upload::{UploadFailure, send_by_upload};
+
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let emulator = upload_emulator(150 * 1024 * 1024).await;
+    let http = reqwest::Client::new();
+    let tokens = TokenProvider::new(
+        http.clone(),
+        &url::Url::parse(&emulator.url()).unwrap(),
+        ClientCredentials::with_secret(TENANT, CLIENT_ID, SECRET),
+        "https://graph.microsoft.com/.default".into(),
+    );
+    let token = tokens.token().await.unwrap();
+    let client = GraphClient::new(http, url::Url::parse(&emulator.graph_endpoint()).unwrap());
+    let raw = message_with_attachment("four-mb.bin", &random_bytes(4 * 1024 * 1024, 0x65));
+    let rcpt = vec!["alice@example.com".to_owned()];
+    let plan =
+        graph_relay::convert::plan_upload(raw.as_bytes(), MAILBOX, &rcpt, &Default::default())
+            .unwrap();
+    let stored = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(stored.path(), &raw).unwrap();
+
+    let mut recorded = None;
+    let throttled = send_by_upload(&client, &token, &plan, stored.path(), None, |id| {
+        // The request after the draft's creation is throttled for a second.
+        emulator.inject(graph_relay_emulator::Fault::graph(429, 1).retry_after("1"));
+        recorded = Some(id.to_owned());
+        Ok(())
+    })
+    .await;
+    assert!(
+        matches!(&throttled, Err(UploadFailure::Graph(err)) if err.is_throttled()),
+        "{throttled:?}"
+    );
+    assert_eq!((emulator.open_drafts(), emulator.deleted_drafts()), (1, 0));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send_by_upload(
+        &client,
+        &token,
+        &plan,
+        stored.path(),
+        recorded.as_deref(),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((emulator.open_drafts(), emulator.deleted_drafts()), (0, 1));
+    assert_eq!(emulator.accepted().len(), 1);
+    let audit = emulator.retry_after_audit();
+    assert_eq!(audit.answers, 1);
+    assert!(audit.early.is_empty(), "{:?}", audit.early);
+}
+
 /// Graph's own ceiling can be lower than 4 MiB (undocumented for MIME): a 413 on sendMail
 /// switches the message to the draft path when it is enabled.
 #[tokio::test]
