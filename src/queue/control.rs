@@ -61,6 +61,9 @@ pub struct Stats {
     pub deferred: usize,
     pub in_flight: usize,
     pub failed: usize,
+    /// When the oldest entry not in `failed/` arrived.
+    #[serde(default)]
+    pub oldest_received_at_ms: Option<u64>,
     pub counters: Vec<(String, u64)>,
 }
 
@@ -72,6 +75,11 @@ impl Stats {
             deferred: count(EntryState::Deferred),
             in_flight: count(EntryState::InFlight),
             failed: count(EntryState::Failed),
+            oldest_received_at_ms: entries
+                .iter()
+                .filter(|e| e.state != EntryState::Failed)
+                .map(|e| e.meta.envelope.received_at_ms)
+                .min(),
             counters: Vec::new(),
         }
     }
@@ -189,10 +197,9 @@ const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 impl Live {
     /// `graph_relay_queue_messages{state}` and `graph_relay_queue_oldest_age_seconds`.
     async fn export_gauges(&self) {
-        let Ok(entries) = self.entries().await else {
+        let Ok(stats) = self.stats().await else {
             return;
         };
-        let stats = Stats::of(&entries);
         for (state, count) in [
             ("queued", stats.queued),
             ("deferred", stats.deferred),
@@ -201,13 +208,24 @@ impl Live {
         ] {
             metrics::gauge!(QUEUE_MESSAGES, "state" => state).set(count as f64);
         }
-        let oldest = entries
-            .iter()
-            .filter(|e| e.state != EntryState::Failed)
-            .map(|e| e.meta.envelope.received_at_ms)
-            .min();
-        let age_ms = oldest.map_or(0, |at| now_ms().saturating_sub(at));
+        let age_ms = stats
+            .oldest_received_at_ms
+            .map_or(0, |at| now_ms().saturating_sub(at));
         metrics::gauge!(QUEUE_OLDEST_AGE).set(age_ms as f64 / 1000.0);
+    }
+
+    /// Counts by state, the live ones counted by the scheduler in place.
+    async fn stats(&self) -> Result<Stats, String> {
+        let census = self.ask(Command::Census).await?;
+        let failed = self.blocking(failed_views).await?.len();
+        Ok(Stats {
+            queued: census.queued,
+            deferred: census.deferred,
+            in_flight: census.in_flight,
+            failed,
+            oldest_received_at_ms: census.oldest_received_at_ms,
+            counters: Vec::new(),
+        })
     }
 
     async fn ask<T>(
@@ -242,7 +260,7 @@ impl Live {
             Request::List => Ok(Answer::Entries(self.entries().await?)),
             Request::Show { id } => show(self.entries().await?, id),
             Request::Stats => {
-                let mut stats = Stats::of(&self.entries().await?);
+                let mut stats = self.stats().await?;
                 stats.counters = self
                     .counters
                     .snapshot()

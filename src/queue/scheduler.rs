@@ -112,6 +112,9 @@ pub struct EntryView {
 pub enum Command {
     /// Every live entry and its state.
     List(oneshot::Sender<Vec<EntryView>>),
+    /// How many live entries are in each state, counted in place (no entry is copied: the
+    /// gauges ask every few seconds, whatever the size of the queue).
+    Census(oneshot::Sender<Census>),
     /// Attempts these entries (all when `None`) now, lifting their lanes' pauses; answers how
     /// many were found.
     RetryNow(Option<QueueId>, oneshot::Sender<usize>),
@@ -120,6 +123,28 @@ pub enum Command {
     /// The credentials changed (reload or rotated file): mailboxes and profiles held back by a
     /// configuration fault send one probe now instead of at the next `queue.fault_retry`.
     CredentialsChanged,
+}
+
+/// Live entries by state, and when the oldest of them arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    pub queued: usize,
+    pub deferred: usize,
+    pub in_flight: usize,
+    pub oldest_received_at_ms: Option<u64>,
+}
+
+impl Census {
+    fn count(&mut self, meta: &EntryMeta, state: EntryState) {
+        match state {
+            EntryState::Queued => self.queued += 1,
+            EntryState::Deferred => self.deferred += 1,
+            EntryState::InFlight => self.in_flight += 1,
+            EntryState::Failed => return,
+        }
+        let at = meta.envelope.received_at_ms;
+        self.oldest_received_at_ms = Some(self.oldest_received_at_ms.map_or(at, |o| o.min(at)));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -412,17 +437,30 @@ impl<A: Attempt> Scheduler<A> {
     fn command(&self, command: Command, waiting: &mut Waiting, lanes: &mut Lanes, held: &mut Held) {
         let now = self.clock.now_ms();
         match command {
+            Command::Census(reply) => {
+                let mut census = Census::default();
+                for (meta, _) in waiting.entries.values() {
+                    census.count(meta, waiting_state(meta, now));
+                }
+                for meta in lanes
+                    .entries()
+                    .chain(&held.unresolved)
+                    .chain(held.resolving.values())
+                {
+                    census.count(meta, EntryState::Queued);
+                }
+                for meta in held.in_flight.values() {
+                    census.count(meta, EntryState::InFlight);
+                }
+                let _ = reply.send(census);
+            }
             Command::List(reply) => {
                 let mut views: Vec<EntryView> = waiting
                     .entries
                     .values()
                     .map(|(meta, _)| EntryView {
                         meta: meta.clone(),
-                        state: if meta.next_attempt_at_ms > now && meta.attempts > 0 {
-                            EntryState::Deferred
-                        } else {
-                            EntryState::Queued
-                        },
+                        state: waiting_state(meta, now),
                     })
                     .chain(
                         lanes
@@ -1107,6 +1145,15 @@ async fn remove_done(spool: Arc<Spool>, id: QueueId) {
             }
         }
     });
+}
+
+/// A waiting entry is deferred once an attempt has put it off, else queued.
+fn waiting_state(meta: &EntryMeta, now_ms: u64) -> EntryState {
+    if meta.next_attempt_at_ms > now_ms && meta.attempts > 0 {
+        EntryState::Deferred
+    } else {
+        EntryState::Queued
+    }
 }
 
 fn log_spool_result(id: QueueId, result: Result<Result<(), SpoolError>, tokio::task::JoinError>) {
