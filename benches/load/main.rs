@@ -105,7 +105,7 @@ fn matrix() -> Vec<Scenario> {
     scenarios.push(Scenario {
         sessions: 32,
         per_session: 50,
-        total: 2000,
+        total: 4000,
         mailboxes: 20,
         latency_ms: 300,
         per_mailbox_limit: Some(4),

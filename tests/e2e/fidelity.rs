@@ -288,18 +288,16 @@ async fn above_the_tenant_limit_the_upload_is_refused_for_good_and_the_draft_del
     assert!(emulator.accepted().is_empty());
 }
 
-/// The crash-recovery half of the draft path, driven directly: a draft id left in the spool
-/// by a crashed attempt is deleted before the new draft; a draft whose id cannot be recorded
-/// is deleted again before anything is uploaded.
-#[tokio::test]
-async fn an_orphan_draft_is_deleted_before_the_retry() {
+/// A Graph client of the emulator and a token for it, to drive the draft path directly.
+async fn draft_path_client(
+    emulator: &graph_relay_emulator::Emulator,
+) -> (
+    graph_relay::graph::client::GraphClient,
+    std::sync::Arc<graph_relay::graph::token::AccessToken>,
+) {
     use graph_relay::config::ClientCredentials;
-    use graph_relay::graph::client::GraphClient;
     use graph_relay::graph::token::TokenProvider;
-    use graph_relay::graph::upload::{UploadFailure, send_by_upload};
 
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let emulator = upload_emulator(150 * 1024 * 1024).await;
     let http = reqwest::Client::new();
     let tokens = TokenProvider::new(
         http.clone(),
@@ -308,12 +306,39 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
         "https://graph.microsoft.com/.default".into(),
     );
     let token = tokens.token().await.unwrap();
-    let client = GraphClient::new(
-        http.clone(),
+    let client = graph_relay::graph::client::GraphClient::new(
+        http,
         url::Url::parse(&emulator.graph_endpoint()).unwrap(),
     );
+    (client, token)
+}
+
+/// The upload plan of a message with one 4 MiB attachment (content from `seed`), and the
+/// message stored as the spool would keep it.
+fn stored_upload_plan(seed: u64) -> (graph_relay::convert::UploadPlan, tempfile::NamedTempFile) {
+    let raw = message_with_attachment("four-mb.bin", &random_bytes(4 * 1024 * 1024, seed));
+    let rcpt = vec!["alice@example.com".to_owned()];
+    let plan =
+        graph_relay::convert::plan_upload(raw.as_bytes(), MAILBOX, &rcpt, &Default::default())
+            .unwrap();
+    assert_eq!(plan.large.len(), 1);
+    let stored = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(stored.path(), &raw).unwrap();
+    (plan, stored)
+}
+
+/// The crash-recovery half of the draft path, driven directly: a draft id left in the spool
+/// by a crashed attempt is deleted before the new draft; a draft whose id cannot be recorded
+/// is deleted again before anything is uploaded.
+#[tokio::test]
+async fn an_orphan_draft_is_deleted_before_the_retry() {
+    use graph_relay::graph::upload::{UploadFailure, send_by_upload};
+
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let emulator = upload_emulator(150 * 1024 * 1024).await;
+    let (client, token) = draft_path_client(&emulator).await;
     // What a crashed attempt left behind.
-    let orphan: serde_json::Value = http
+    let orphan: serde_json::Value = reqwest::Client::new()
         .post(format!(
             "{}/users/{MAILBOX}/messages",
             emulator.graph_endpoint()
@@ -327,16 +352,7 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
         .await
         .unwrap();
     let orphan = orphan["id"].as_str().unwrap().to_owned();
-
-    let raw = message_with_attachment("four-mb.bin", &random_bytes(4 * 1024 * 1024, 0x63));
-    let rcpt = vec!["alice@example.com".to_owned()];
-    let plan =
-        graph_relay::convert::plan_upload(raw.as_bytes(), MAILBOX, &rcpt, &Default::default())
-            .unwrap();
-    assert_eq!(plan.large.len(), 1);
-    // The large attachment is read from the stored message as it is uploaded.
-    let stored = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(stored.path(), &raw).unwrap();
+    let (plan, stored) = stored_upload_plan(0x63);
 
     let refused = send_by_upload(&client, &token, &plan, stored.path(), Some(&orphan), |_| {
         Err("disk full".to_owned())
@@ -361,29 +377,12 @@ async fn an_orphan_draft_is_deleted_before_the_retry() {
 /// before the Retry-After: the next attempt, after it, deletes the draft and starts again.
 #[tokio::test]
 async fn a_throttled_upload_leaves_its_draft_for_the_retry_after_the_pause() {
-    use graph_relay::config::ClientCredentials;
-    use graph_relay::graph::client::GraphClient;
-    use graph_relay::graph::token::TokenProvider;
     use graph_relay::graph::upload::{UploadFailure, send_by_upload};
 
     let _serial = ONE_AT_A_TIME.lock().await;
     let emulator = upload_emulator(150 * 1024 * 1024).await;
-    let http = reqwest::Client::new();
-    let tokens = TokenProvider::new(
-        http.clone(),
-        &url::Url::parse(&emulator.url()).unwrap(),
-        ClientCredentials::with_secret(TENANT, CLIENT_ID, SECRET),
-        "https://graph.microsoft.com/.default".into(),
-    );
-    let token = tokens.token().await.unwrap();
-    let client = GraphClient::new(http, url::Url::parse(&emulator.graph_endpoint()).unwrap());
-    let raw = message_with_attachment("four-mb.bin", &random_bytes(4 * 1024 * 1024, 0x65));
-    let rcpt = vec!["alice@example.com".to_owned()];
-    let plan =
-        graph_relay::convert::plan_upload(raw.as_bytes(), MAILBOX, &rcpt, &Default::default())
-            .unwrap();
-    let stored = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(stored.path(), &raw).unwrap();
+    let (client, token) = draft_path_client(&emulator).await;
+    let (plan, stored) = stored_upload_plan(0x65);
 
     let mut recorded = None;
     let throttled = send_by_upload(&client, &token, &plan, stored.path(), None, |id| {
