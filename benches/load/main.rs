@@ -122,7 +122,8 @@ fn main() {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
             "cargo bench --bench load [-- --sessions N --per-session M --total T --size BYTES \
-             --mailboxes K --latency-ms L --limit C --runs R]\nWithout options: the full matrix, 3 runs each."
+             --mailboxes K --latency-ms L --limit C --runs R]\nWithout options: the full matrix, 3 runs each.\n\
+             GRAPH_RELAY_* variables of the environment reach the relay (e.g. GRAPH_RELAY_QUEUE__SYNC=file)."
         );
         return;
     }
@@ -262,6 +263,9 @@ fn start_relay(emulator: &Emulator, dir: &Path) -> (Child, std::net::SocketAddr)
     let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
         .arg("serve")
         .env_clear()
+        // Settings to compare (`GRAPH_RELAY_QUEUE__SYNC=file cargo bench --bench load ...`);
+        // the ones below, which the benchmark needs, win.
+        .envs(std::env::vars().filter(|(name, _)| name.starts_with("GRAPH_RELAY_")))
         // The listener reports its address at info; everything else only when it goes wrong.
         .env("RUST_LOG", "warn,graph_relay::smtp::listener=info")
         .env("GRAPH_RELAY_SMTP__LISTEN", "127.0.0.1:0")

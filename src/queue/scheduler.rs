@@ -81,6 +81,14 @@ impl Clock {
         self.epoch_ms + self.start.elapsed().as_millis() as u64
     }
 
+    /// The present rounded up to the next millisecond: a pause computed from it never ends
+    /// before its `Retry-After` has run out.
+    pub fn now_ms_rounded_up(&self) -> u64 {
+        let elapsed = self.start.elapsed();
+        let partial = u64::from(elapsed.subsec_nanos() % 1_000_000 != 0);
+        self.epoch_ms + elapsed.as_millis() as u64 + partial
+    }
+
     /// The tokio instant of a wall-clock time.
     fn instant(&self, at_ms: u64) -> tokio::time::Instant {
         self.start + Duration::from_millis(at_ms.saturating_sub(self.epoch_ms))
@@ -306,8 +314,16 @@ impl<A: Attempt> Scheduler<A> {
         workers: TaskTracker,
     ) {
         let mut waiting = Waiting::default();
+        let mut held = Held::default();
+        // Entries due already skip the timer queue, whose table would otherwise grow to the
+        // whole backlog at a start and keep that size.
+        let now = self.clock.now_ms();
         for meta in recovered {
-            waiting.push(meta, None);
+            if meta.next_attempt_at_ms <= now {
+                held.unresolved.push_back(meta);
+            } else {
+                waiting.push(meta, None);
+            }
         }
         let mut lanes = Lanes::new(self.limits.per_lane, self.pacing);
         // Retry-After pauses of the process before this one (killed, perhaps) still hold.
@@ -330,7 +346,6 @@ impl<A: Attempt> Scheduler<A> {
                 changed
             });
         };
-        let mut held = Held::default();
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         loop {
             let now = self.clock.now_ms();
@@ -951,7 +966,7 @@ impl<A: Attempt> Worker<A> {
             retry_after,
             meta.attempts,
             meta.envelope.received_at_ms,
-            self.clock.now_ms(),
+            self.clock.now_ms_rounded_up(),
             fastrand::f64(),
         );
         let fault = match class {
