@@ -85,7 +85,7 @@ impl Clock {
     /// before its `Retry-After` has run out.
     pub fn now_ms_rounded_up(&self) -> u64 {
         let elapsed = self.start.elapsed();
-        let partial = u64::from(elapsed.subsec_nanos() % 1_000_000 != 0);
+        let partial = u64::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000));
         self.epoch_ms + elapsed.as_millis() as u64 + partial
     }
 
