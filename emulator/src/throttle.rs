@@ -67,6 +67,10 @@ pub struct EarlyRequest {
     pub early_us: u64,
     /// How long after the answer that carried the `Retry-After` it arrived, in microseconds.
     pub after_answer_us: u64,
+    /// When the answer that carried the `Retry-After` left (for a test in the same process to
+    /// relate it to what the client was doing then, such as being killed).
+    #[serde(skip)]
+    pub answered_at: Instant,
     /// 1 for the first early request after that answer, 2 for the second, and so on. A client
     /// keeping Graph's limit of 4 concurrent requests per mailbox may have had up to 3 others
     /// on their way when the answer left; [`RetryAfterAudit::beyond`] separates those.
@@ -140,6 +144,7 @@ impl Throttle {
                     path: path.to_owned(),
                     early_us: micros(hold.until - now),
                     after_answer_us: micros(now.saturating_duration_since(hold.answered)),
+                    answered_at: hold.answered,
                     nth: hold.early,
                 };
                 inner.audit.early.push(early);

@@ -26,7 +26,9 @@
 //! more than 95 % within 10 ms. Asserted: no request comes more than 100 ms after the answer and
 //! before the Retry-After ran out (a tenth of the 1 s used here), which a relay that forgets or
 //! ignores a pause cannot pass (a pause forgotten at a restart gave 124 such requests in one
-//! run). That the pause takes effect at once is proven exactly by the scheduler's unit tests
+//! run). Not counted: answers given from 100 ms before a kill until the restarted relay was ready;
+//! a killed process cannot read them (or may die before it records the pause), and the new one
+//! cannot know of them. That the pause takes effect at once is proven exactly by the scheduler's unit tests
 //! (`retry_after_pauses_the_mailbox_before_the_deferral_is_persisted`,
 //! `a_retry_after_outlives_a_restart`). The summary prints the early requests by delay and how
 //! many came beyond the 3 that may have been in flight.
@@ -55,6 +57,9 @@ const MAILBOX_CONCURRENCY: usize = 4;
 /// How long after a Retry-After answer a request may still arrive without counting as ignoring
 /// it; see the module documentation.
 const REACTION_US: u64 = 100_000;
+/// Before a kill, how long an answer may be on its way to a process that dies before it records
+/// the pause.
+const KILL_MARGIN: Duration = Duration::from_millis(100);
 
 /// The soak's size, from the environment.
 #[derive(Debug)]
@@ -225,6 +230,8 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
     let load_limit = Duration::from_secs(120) + Duration::from_millis(50) * params.messages as u32;
     let mut ambiguous = Vec::new();
     let mut kills = Vec::new();
+    // From just before each kill until the restarted relay was ready: answers no relay read.
+    let mut unread_windows: Vec<(Instant, Instant)> = Vec::new();
     for point in points {
         assert!(
             eventually(load_limit, || progress() >= point).await,
@@ -233,6 +240,7 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
         );
         tokio::time::sleep(Duration::from_millis(rng.u64(0..200))).await;
         ambiguous.push(metric(&relay, AMBIGUOUS).await as u64);
+        let killed_at = Instant::now();
         tokio::task::block_in_place(|| drop(relay.kill()));
         kills.push((
             emulator.stats().accepted,
@@ -241,6 +249,7 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
         relay = tokio::task::block_in_place(|| Relay::start(&["serve"], &env));
         wait_ready(&relay).await;
         address.send_replace(relay.smtp);
+        unread_windows.push((killed_at - KILL_MARGIN, Instant::now()));
     }
     let load_ended = tokio::time::timeout(load_limit, async {
         for session in sessions {
@@ -347,11 +356,20 @@ async fn soak_with_throttling_and_sigkills_loses_nothing_and_keeps_retry_after()
         duplicates as u64 <= allowed,
         "{duplicates} duplicates, at most {allowed} allowed"
     );
-    let violations: Vec<_> = audit
+    let (unread, violations): (Vec<_>, Vec<_>) = audit
         .early
         .iter()
         .filter(|early| early.after_answer_us > REACTION_US)
-        .collect();
+        .partition(|early| {
+            unread_windows
+                .iter()
+                .any(|(from, to)| (*from..=*to).contains(&early.answered_at))
+        });
+    eprintln!(
+        "soak: later than {} ms but after answers around a kill, which no relay read: {}",
+        REACTION_US / 1000,
+        unread.len()
+    );
     assert!(
         violations.is_empty(),
         "{} requests came more than {} ms after their mailbox's Retry-After answer and before it \
