@@ -217,7 +217,9 @@ impl Live {
     /// Counts by state, the live ones counted by the scheduler in place.
     async fn stats(&self) -> Result<Stats, String> {
         let census = self.ask(Command::Census).await?;
-        let failed = self.blocking(failed_views).await?.len();
+        let failed = self
+            .blocking(|spool| spool.failed_count().map_err(|err| err.to_string()))
+            .await?;
         Ok(Stats {
             queued: census.queued,
             deferred: census.deferred,

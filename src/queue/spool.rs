@@ -677,6 +677,19 @@ impl Spool {
         Ok(true)
     }
 
+    /// How many entries `failed/` holds, without reading them (the queue gauges ask often).
+    ///
+    /// # Errors
+    /// `failed/` cannot be read.
+    pub fn failed_count(&self) -> Result<usize, SpoolError> {
+        let mut count = 0;
+        for dirent in std::fs::read_dir(&self.failed_dir).map_err(io_err(&self.failed_dir))? {
+            let path = dirent.map_err(io_err(&self.failed_dir))?.path();
+            count += usize::from(path.extension().and_then(|ext| ext.to_str()) == Some(META_EXT));
+        }
+        Ok(count)
+    }
+
     /// Entries in `failed/`, oldest first.
     ///
     /// # Errors

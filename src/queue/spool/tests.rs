@@ -215,8 +215,10 @@ fn failed_entries_keep_body_and_reason_outside_the_live_queue() {
     let (spool, _) = Spool::open(tmp.path()).unwrap();
     let mut meta = commit(&spool, b"body");
     meta.last_error = Some("Graph refused: 404 ErrorInvalidUser".into());
+    assert_eq!(spool.failed_count().unwrap(), 0);
     spool.fail(&meta).unwrap();
     assert_eq!(spool.failed_entries().unwrap(), vec![meta.clone()]);
+    assert_eq!(spool.failed_count().unwrap(), 1);
     assert_eq!(
         std::fs::read(tmp.path().join("failed").join(format!("{}.eml", meta.id))).unwrap(),
         b"body"
@@ -280,24 +282,29 @@ fn a_failed_commit_leaves_nothing_behind() {
             RealFs.remove(path)
         }
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open_with(tmp.path(), Arc::new(FailingSync)).unwrap();
-    let mut incoming = spool.receive().unwrap();
-    spool.append(&mut incoming, b"x").unwrap();
-    let err = spool.commit(incoming, envelope()).unwrap_err();
-    assert!(err.to_string().contains("disk on fire"));
-    let leftovers = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().is_file())
-        .filter(|e| {
-            !e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with('.')
-        })
-        .count();
-    assert_eq!(leftovers, 0);
+    // The file's fsync fails with `file`, the grouped syncfs with `filesystem`.
+    for mode in [SyncMode::File, SyncMode::Filesystem] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open_with(tmp.path(), Arc::new(FailingSync)).unwrap();
+        let spool = spool.with_sync(mode);
+        let mut incoming = spool.receive().unwrap();
+        spool.append(&mut incoming, b"x").unwrap();
+        let err = spool.commit(incoming, envelope()).unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{mode:?}: {err}");
+        let leftovers = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count();
+        assert_eq!(leftovers, 0, "{mode:?}");
+        assert_eq!(spool.used(), 0, "{mode:?}");
+    }
 }
 
 /// Performs the first `allowed` file operations for real and fails every later one, as if the
