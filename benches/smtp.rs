@@ -122,7 +122,7 @@ fn spool_commit(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("commit_10k_fsync", |b| {
         b.iter(|| {
-            let mut incoming = spool.receive().unwrap();
+            let mut incoming = spool.receive();
             spool.append(&mut incoming, body.as_bytes()).unwrap();
             let meta = spool.commit(incoming, envelope.clone()).unwrap();
             spool.remove(black_box(meta.id)).unwrap();

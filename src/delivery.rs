@@ -16,7 +16,7 @@ use crate::graph::token::{DEFAULT_PROFILE, TokenError, TokenProvider};
 use crate::graph::upload::{self, UploadFailure};
 use crate::queue::retry::{Class, Failure, classify};
 use crate::queue::scheduler::{Attempt, Lane};
-use crate::queue::{EntryMeta, Envelope, Spool};
+use crate::queue::{EntryMeta, Envelope, Spool, SpoolError};
 
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl Delivery {
                 return Outcome::failure(token_failure(&err), 0, None, reason);
             }
         };
-        let body = self.spool.body_path(meta.id);
+        let body = self.spool.entry_path(meta.id);
         let orphan = meta.draft_id.clone();
         // Kept in the entry too: the scheduler persists the entry after the attempt, and the
         // next attempt must find this draft to delete it.
@@ -188,6 +188,10 @@ impl Delivery {
         let id = meta.id;
         let raw = match tokio::task::spawn_blocking(move || spool.read_body(id)).await {
             Ok(Ok(raw)) => raw,
+            // A damaged entry will not heal: it fails now rather than at queue.max_age.
+            Ok(Err(err @ SpoolError::Damaged { .. })) => {
+                return Outcome::failure(Failure::Conversion, 0, None, err.to_string());
+            }
             Ok(Err(err)) => return Outcome::failure(Failure::Local, 0, None, err.to_string()),
             Err(join) => return Outcome::failure(Failure::Local, 0, None, join.to_string()),
         };

@@ -63,8 +63,8 @@ pub struct QueueConfig {
     /// profile, one message tries again this often; permission changes take 30 min to 2 h.
     #[serde(with = "humantime_serde")]
     pub fault_retry: Duration,
-    /// Largest total size of queued message bodies in bytes; beyond it new mail gets
-    /// `452 4.3.1`. Unset: limited only by the disk.
+    /// Largest total size of the queue's entries in bytes (each message plus a few hundred
+    /// bytes of envelope); beyond it new mail gets `452 4.3.1`. Unset: limited only by the disk.
     pub max_size: Option<u64>,
     /// `filesystem` or `file`: how an accepted message is flushed to disk before its `250`.
     pub sync: SyncMode,

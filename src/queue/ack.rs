@@ -149,9 +149,14 @@ impl Watch {
             return (&mut self.rx).await.unwrap_or(Verdict::TryLater);
         }
         if self.wait == Wait::Synchronous {
-            let spool = spool.clone();
-            let removed = tokio::task::spawn_blocking(move || remove(&spool, id)).await;
-            if !matches!(removed, Ok(Ok(()))) {
+            // One already gone (an operator deleted it) is fine.
+            let removed = match spool.remove_async(id).await {
+                Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    Ok(())
+                }
+                result => result,
+            };
+            if removed.is_err() {
                 tracing::error!(queue_id = %id, result = ?removed, "cannot remove an unanswered synchronous message from the spool");
             }
         }
@@ -167,14 +172,6 @@ impl Drop for Watch {
     }
 }
 
-/// Removes an entry; one already gone (an operator deleted it) is fine.
-fn remove(spool: &Spool, id: QueueId) -> Result<(), SpoolError> {
-    match spool.remove(id) {
-        Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
-        result => result,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,7 +179,7 @@ mod tests {
     fn spool() -> (tempfile::TempDir, Arc<Spool>, QueueId) {
         let tmp = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(tmp.path()).unwrap();
-        let mut incoming = spool.receive().unwrap();
+        let mut incoming = spool.receive();
         spool
             .append(&mut incoming, b"Subject: x\r\n\r\nx\r\n")
             .unwrap();

@@ -156,7 +156,7 @@ impl Reporter {
         now_ms: u64,
     ) -> Result<EntryMeta, DsnError> {
         let notice = self.build(meta, cause, original, now_ms)?;
-        let mut incoming = spool.receive()?;
+        let mut incoming = spool.receive();
         if let Err(err) = spool.append(&mut incoming, &notice) {
             spool.abort(incoming);
             return Err(err.into());

@@ -520,7 +520,13 @@ impl<A: Attempt> Scheduler<A> {
                 } else if waiting.remove(id) || lanes.remove(id) || held.remove_unresolved(id) {
                     // A session waiting for it stops waiting (and answers as its mode says).
                     held.watchers.remove(&id);
-                    self.spool.remove(id).map(|()| true).map_err(Into::into)
+                    // Off the scheduler's loop: the removal waits for a flush.
+                    let spool = self.spool.clone();
+                    tokio::spawn(async move {
+                        let removed = spool.remove_async(id).await;
+                        let _ = reply.send(removed.map(|()| true).map_err(Into::into));
+                    });
+                    return;
                 } else {
                     Ok(false)
                 };
@@ -1130,11 +1136,9 @@ const REMOVAL_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::f
 /// in the background until it succeeds, so this process does not send the message again; only
 /// a restart before then finds the entry and sends it again, as the error says.
 async fn remove_done(spool: Arc<Spool>, id: QueueId) {
-    let remove = move |spool: Arc<Spool>| tokio::task::spawn_blocking(move || spool.remove(id));
-    let error = match remove(spool.clone()).await {
-        Ok(Ok(())) => return,
-        Ok(Err(err)) => err.to_string(),
-        Err(join) => join.to_string(),
+    let error = match spool.remove_async(id).await {
+        Ok(()) => return,
+        Err(err) => err.to_string(),
     };
     tracing::error!(
         queue_id = %id,
@@ -1145,13 +1149,13 @@ async fn remove_done(spool: Arc<Spool>, id: QueueId) {
         let mut wait = REMOVAL_RETRY.0;
         loop {
             tokio::time::sleep(wait).await;
-            match remove(spool.clone()).await {
-                Ok(Ok(())) => {
+            match spool.remove_async(id).await {
+                Ok(()) => {
                     tracing::info!(queue_id = %id, "spool entry of a finished message removed after all");
                     return;
                 }
                 // Its commit marker is gone already: nothing will send it again.
-                Ok(Err(SpoolError::Io { source, .. }))
+                Err(SpoolError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     return;

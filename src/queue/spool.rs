@@ -1,28 +1,41 @@
 //! The embedded on-disk spool: the source of truth between the SMTP `250` and Graph's `202`.
 //!
-//! Layout of `queue.dir`: `<id>.eml` (the message as received) and `<id>.json` (its [`EntryMeta`]).
-//! The `.json` file is the commit marker, written last: body written and fsync'd, meta written to a
-//! temporary file and fsync'd, renamed into place, directory fsync'd. Only then does SMTP answer
-//! `250`. With `queue.sync = "filesystem"` the per-file fsyncs give way to two grouped `syncfs`
-//! calls (bodies, then commit markers), each shared by every message that arrived meanwhile.
-//! Permanent failures move to `failed/` with their reason; unreadable metadata moves to
-//! `corrupt/`. Every file operation goes through [`FileOps`], so a test can assert the order.
+//! Layout of `queue.dir`: one file per entry, `<id>.msg`: the message as received, then its
+//! [`EntryMeta`], then a footer that commits it ([`record`]: a file without a whole footer was
+//! never acknowledged). The [`writer`] thread writes the files of the commits that arrive
+//! together and flushes them at once (one `syncfs` with `queue.sync = "filesystem"`; an fsync
+//! per file and one of the directory with `file`); only then does SMTP answer `250`. Changes
+//! after the commit (attempts, next attempt, last error, draft) go to `<id>.json` beside the
+//! entry (temporary file, fsync, rename), which then takes precedence over the footer's copy.
+//! Permanent failures move to `failed/` with their reason; unreadable entries move to
+//! `corrupt/`; entries of the earlier two-file layout (`<id>.eml` + `<id>.json`) are converted
+//! at open. Every file operation goes through [`FileOps`], so a test can assert the order.
 
+mod record;
+mod writer;
+
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 pub use crate::config::SyncMode;
+use record::{FOOTER_LEN, Footer, RecordError};
+use writer::{Files, Job, Writer};
 
-const BODY_EXT: &str = "eml";
+const ENTRY_EXT: &str = "msg";
 const META_EXT: &str = "json";
 const TMP_EXT: &str = "tmp";
+/// The message file of the two-file layout before [`record`]'s.
+const LEGACY_BODY_EXT: &str = "eml";
 const LOCK_FILE: &str = ".lock";
 const FAILED_DIR: &str = "failed";
 const CORRUPT_DIR: &str = "corrupt";
@@ -112,6 +125,10 @@ pub enum SpoolError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("spool entry {path} is damaged: {reason}; it cannot be sent")]
+    Damaged { path: PathBuf, reason: RecordError },
+    #[error("the spool's writer has stopped (the relay is shutting down)")]
+    Stopped,
     #[error(
         "spool holds {used} bytes; {size} more would pass queue.max_size ({max}); new mail waits until deliveries make room"
     )]
@@ -122,7 +139,10 @@ impl SpoolError {
     /// Spool I/O fails for reasons an operator must fix (disk full, permissions), and a full
     /// spool drains; a later attempt can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Io { .. } | Self::OverSize { .. })
+        matches!(
+            self,
+            Self::Io { .. } | Self::OverSize { .. } | Self::Stopped
+        )
     }
 
     /// No room for new mail: the disk is full or the spool is over `queue.max_size`
@@ -201,12 +221,14 @@ impl FileOps for RealFs {
     }
 }
 
-/// A message being received: its body file is open and growing.
+/// A message being received: its entry file is created with the first bytes written to it.
 pub struct IncomingMessage {
     id: QueueId,
-    file: File,
+    file: Option<File>,
     path: PathBuf,
     size: u64,
+    /// The checksum of what is written so far, finished by the footer.
+    crc: crc32fast::Hasher,
 }
 
 impl IncomingMessage {
@@ -221,44 +243,70 @@ impl IncomingMessage {
 
 /// The spool: one per `queue.dir`, held under an exclusive lock.
 pub struct Spool {
-    dir: PathBuf,
+    files: Files,
     failed_dir: PathBuf,
-    fs: Arc<dyn FileOps>,
-    /// Bytes of message bodies in the live queue.
+    /// Bytes of entry files in the live queue.
     used: AtomicU64,
     /// `queue.max_size`.
     max_size: Option<u64>,
-    /// `queue.sync`.
-    sync_mode: SyncMode,
-    /// Commits that arrive together share one flush.
-    dir_sync: DirSync,
+    /// Started by the first asynchronous commit or removal, once `queue.sync` is set. Declared
+    /// before the lock: dropping it finishes the pending writes while the lock is still held.
+    writer: OnceLock<Writer>,
     /// Held for the life of the spool: one process per spool directory.
     _lock: File,
-}
-
-/// Group commit: each committer (or remover) takes a ticket after its writes; one of them
-/// flushes (directory fsync or syncfs) for every ticket issued before the flush started, the
-/// others wait for it. No commit returns before a flush that began after its writes.
-#[derive(Default)]
-struct DirSync {
-    state: Mutex<DirSyncState>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct DirSyncState {
-    issued: u64,
-    synced: u64,
-    syncing: bool,
 }
 
 /// What a freshly opened spool found on disk.
 pub struct Recovered {
     pub entries: Vec<EntryMeta>,
-    /// Bodies without a commit marker, removed (their sender never got a `250`).
+    /// Entry files without a commit footer, removed (their sender never got a `250`).
     pub orphans_removed: usize,
     /// Entries whose metadata could not be read, moved to `corrupt/`.
     pub quarantined: usize,
+}
+
+/// The ids of a directory's files, by extension.
+#[derive(Default)]
+struct Listing {
+    entries: BTreeSet<QueueId>,
+    metas: BTreeSet<QueueId>,
+    legacy_bodies: BTreeSet<QueueId>,
+    temporaries: Vec<PathBuf>,
+}
+
+impl Listing {
+    fn of(dir: &Path) -> Result<Self, SpoolError> {
+        let mut listing = Self::default();
+        for dirent in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = dirent.map_err(io_err(dir))?.path();
+            let id = path
+                .file_stem()
+                .and_then(|stem| stem.to_str()?.parse::<QueueId>().ok());
+            let ids = match (path.extension().and_then(|ext| ext.to_str()), id) {
+                (Some(ENTRY_EXT), Some(id)) => Some((&mut listing.entries, id)),
+                (Some(META_EXT), Some(id)) => Some((&mut listing.metas, id)),
+                (Some(LEGACY_BODY_EXT), Some(id)) => Some((&mut listing.legacy_bodies, id)),
+                (Some(TMP_EXT), _) => {
+                    listing.temporaries.push(path);
+                    None
+                }
+                _ => None,
+            };
+            if let Some((ids, id)) = ids {
+                ids.insert(id);
+            }
+        }
+        Ok(listing)
+    }
+}
+
+/// Why an entry file's own metadata cannot be used.
+enum TrailerError {
+    /// Never completed, or completed but never flushed whole: remove it (unless its updated
+    /// metadata says it was acknowledged).
+    Uncommitted(RecordError),
+    Corrupt(SpoolError),
+    Io(SpoolError),
 }
 
 impl Spool {
@@ -293,26 +341,22 @@ impl Spool {
             Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
         let spool = Self {
-            dir: dir.to_path_buf(),
+            files: Files {
+                fs,
+                dir: dir.to_path_buf(),
+                mode: SyncMode::default(),
+            },
             failed_dir,
-            fs,
             used: AtomicU64::new(0),
             max_size: None,
-            sync_mode: SyncMode::default(),
-            dir_sync: DirSync::default(),
+            writer: OnceLock::new(),
             _lock: lock,
         };
         let recovered = spool.recover()?;
-        let used = recovered
-            .entries
-            .iter()
-            .map(|meta| body_size(&spool.body_path(meta.id)))
-            .sum();
-        spool.used.store(used, Ordering::Relaxed);
         Ok((spool, recovered))
     }
 
-    /// Limits the total size of queued bodies (`queue.max_size`).
+    /// Limits the total size of queued entries (`queue.max_size`).
     pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
         self.max_size = max_size;
         self
@@ -320,144 +364,244 @@ impl Spool {
 
     /// Chooses how commits are flushed (`queue.sync`).
     pub fn with_sync(mut self, sync_mode: SyncMode) -> Self {
-        self.sync_mode = sync_mode;
+        self.files.mode = sync_mode;
         self
     }
 
-    /// Bytes of message bodies in the live queue.
+    /// Does the writer's work on the calling task (tests on tokio's paused clock).
+    #[cfg(test)]
+    pub(crate) fn with_inline_writes(self) -> Self {
+        let _ = self.writer.set(Writer::Inline(self.files.clone()));
+        self
+    }
+
+    /// Bytes of entry files in the live queue.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
-    /// Where an entry's body is (the upload path reads large attachments from it).
-    pub fn body_path(&self, id: QueueId) -> PathBuf {
-        self.dir.join(format!("{id}.{BODY_EXT}"))
+    fn fs(&self) -> &dyn FileOps {
+        self.files.fs.as_ref()
+    }
+
+    /// An entry's file: the message from its first byte (the upload path reads large
+    /// attachments from it by offset), its metadata after.
+    pub fn entry_path(&self, id: QueueId) -> PathBuf {
+        self.dir().join(format!("{id}.{ENTRY_EXT}"))
     }
 
     fn meta_path(&self, id: QueueId) -> PathBuf {
-        self.dir.join(format!("{id}.{META_EXT}"))
+        self.dir().join(format!("{id}.{META_EXT}"))
     }
 
-    /// Loads committed entries; removes uncommitted leftovers; quarantines corrupt metadata.
+    fn failed_path(&self, id: QueueId, ext: &str) -> PathBuf {
+        self.failed_dir.join(format!("{id}.{ext}"))
+    }
+
+    fn writer(&self) -> &Writer {
+        self.writer
+            .get_or_init(|| Writer::spawn(self.files.clone()))
+    }
+
+    /// Loads committed entries; removes uncommitted leftovers; quarantines corrupt ones;
+    /// finishes a move to or from `failed/` that a crash interrupted.
     fn recover(&self) -> Result<Recovered, SpoolError> {
-        let mut entries = Vec::new();
-        let mut bodies = Vec::new();
-        let mut orphans_removed = 0;
-        let mut quarantined = 0;
-        for dirent in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let path = dirent.map_err(io_err(&self.dir))?.path();
-            match path.extension().and_then(|ext| ext.to_str()) {
-                Some(META_EXT) => match read_meta(&path) {
-                    // A crash inside `fail` after the body moved: finish the move.
-                    Ok(meta)
-                        if !self.body_path(meta.id).exists()
-                            && self
-                                .failed_dir
-                                .join(format!("{}.{BODY_EXT}", meta.id))
-                                .exists() =>
-                    {
-                        self.write_meta(&self.failed_dir, &meta)?;
-                        self.fs.remove(&path).map_err(io_err(&path))?;
-                    }
-                    Ok(meta) if !self.body_path(meta.id).exists() => {
-                        tracing::error!(queue_id = %meta.id, "quarantining spool entry without a body");
-                        self.quarantine(&path)?;
-                        quarantined += 1;
-                    }
-                    Ok(meta) => entries.push(meta),
-                    Err(err) => {
-                        tracing::error!(error = %err, "quarantining spool entry");
-                        self.quarantine(&path)?;
-                        quarantined += 1;
-                    }
-                },
-                Some(BODY_EXT) => bodies.push(path),
-                // A temporary meta file was never renamed: its commit did not happen.
-                Some(TMP_EXT) => {
-                    self.fs.remove(&path).map_err(io_err(&path))?;
+        self.convert_legacy(&self.failed_dir)?;
+        self.convert_legacy(self.dir())?;
+        let failed = Listing::of(&self.failed_dir)?;
+        // Metadata left in failed/ by a requeue or deletion that did not finish.
+        for id in failed.metas.difference(&failed.entries) {
+            let path = self.failed_path(*id, META_EXT);
+            self.fs().remove(&path).map_err(io_err(&path))?;
+        }
+        let live = Listing::of(self.dir())?;
+        let mut recovered = Recovered {
+            entries: Vec::with_capacity(live.entries.len()),
+            orphans_removed: 0,
+            quarantined: 0,
+        };
+        let mut used = 0;
+        for &id in &live.entries {
+            let path = self.entry_path(id);
+            let updated = live.metas.contains(&id);
+            let trailer = read_trailer(&path);
+            let meta = match (trailer, updated) {
+                (Ok((meta, size)), false) => Ok((meta, size)),
+                (Ok((_, size)), true) => read_meta(&self.meta_path(id)).map(|meta| (meta, size)),
+                (Err(TrailerError::Uncommitted(_)), false) => {
+                    self.fs().remove(&path).map_err(io_err(&path))?;
+                    recovered.orphans_removed += 1;
+                    continue;
                 }
-                _ => {}
+                (Err(TrailerError::Uncommitted(reason)), true) => Err(SpoolError::Damaged {
+                    path: path.clone(),
+                    reason,
+                }),
+                (Err(TrailerError::Corrupt(err)), _) => Err(err),
+                (Err(TrailerError::Io(err)), _) => return Err(err),
+            };
+            match meta {
+                Ok((meta, size)) if meta.id == id => {
+                    used += size;
+                    recovered.entries.push(meta);
+                }
+                other => {
+                    let error = other.err().map_or_else(
+                        || "its metadata names another entry".to_owned(),
+                        |err| err.to_string(),
+                    );
+                    tracing::error!(queue_id = %id, %error, "quarantining spool entry");
+                    self.quarantine(id)?;
+                    recovered.quarantined += 1;
+                }
             }
         }
-        for body in bodies {
-            if !body.with_extension(META_EXT).exists() && !self.is_quarantined(&body) {
-                self.fs.remove(&body).map_err(io_err(&body))?;
-                orphans_removed += 1;
+        for &id in live.metas.difference(&live.entries) {
+            let path = self.meta_path(id);
+            let failed_entry = self.failed_path(id, ENTRY_EXT);
+            // A crash inside `fail` after the entry moved, before its metadata followed.
+            if failed_entry.exists() && !self.failed_path(id, META_EXT).exists() {
+                match read_meta(&path) {
+                    Ok(meta) => self.write_meta(&self.failed_dir, &meta)?,
+                    Err(err) => {
+                        tracing::error!(queue_id = %id, error = %err, "quarantining spool entry");
+                        self.quarantine(id)?;
+                        recovered.quarantined += 1;
+                        continue;
+                    }
+                }
             }
+            // Otherwise left by a removal, a finished `fail` or an unfinished requeue.
+            self.fs().remove(&path).map_err(io_err(&path))?;
         }
-        entries.sort_by_key(|meta| meta.id);
-        Ok(Recovered {
-            entries,
-            orphans_removed,
-            quarantined,
-        })
+        // A temporary metadata file was never renamed: its update did not happen.
+        for path in &live.temporaries {
+            self.fs().remove(path).map_err(io_err(path))?;
+        }
+        self.used.store(used, Ordering::Relaxed);
+        Ok(recovered)
     }
 
-    fn is_quarantined(&self, body: &Path) -> bool {
-        body.file_name()
-            .is_some_and(|name| self.dir.join(CORRUPT_DIR).join(name).exists())
+    /// Converts the entries of the earlier two-file layout in `dir` (`<id>.eml`, the message,
+    /// and `<id>.json`, its metadata) into entry files; the metadata stays as the entry's
+    /// update. The old message is removed only once its entry file is durable, so a crash
+    /// midway converts it again at the next start.
+    fn convert_legacy(&self, dir: &Path) -> Result<(), SpoolError> {
+        let listing = Listing::of(dir)?;
+        for &id in &listing.legacy_bodies {
+            let body_path = dir.join(format!("{id}.{LEGACY_BODY_EXT}"));
+            let meta_path = dir.join(format!("{id}.{META_EXT}"));
+            if !listing.metas.contains(&id) {
+                if dir == self.dir() {
+                    // It was never committed.
+                    self.fs().remove(&body_path).map_err(io_err(&body_path))?;
+                } else {
+                    tracing::warn!(path = %body_path.display(), "failed message of an earlier version without its metadata; left as it is");
+                }
+                continue;
+            }
+            let meta = match read_meta(&meta_path) {
+                Ok(meta) => meta,
+                Err(err) => {
+                    tracing::error!(queue_id = %id, error = %err, "quarantining spool entry");
+                    self.move_to_corrupt(&[body_path, meta_path])?;
+                    continue;
+                }
+            };
+            let body = std::fs::read(&body_path).map_err(io_err(&body_path))?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&body);
+            let mut bytes = body;
+            record::finish(&mut bytes, crc, &meta_json(&meta));
+            let entry_path = dir.join(format!("{id}.{ENTRY_EXT}"));
+            let _ = std::fs::remove_file(&entry_path);
+            let mut file = self.fs().create(&entry_path).map_err(io_err(&entry_path))?;
+            self.fs()
+                .write(&mut file, &entry_path, &bytes)
+                .and_then(|()| self.fs().sync(&file, &entry_path))
+                .and_then(|()| self.fs().sync_dir(dir))
+                .and_then(|()| self.fs().remove(&body_path))
+                .map_err(io_err(&entry_path))?;
+        }
+        if !listing.legacy_bodies.is_empty() {
+            tracing::info!(
+                entries = listing.legacy_bodies.len(),
+                dir = %dir.display(),
+                "converted spool entries of an earlier version"
+            );
+        }
+        Ok(())
     }
 
-    /// Moves a corrupt meta file and its body aside, so they never stop the daemon.
-    fn quarantine(&self, meta: &Path) -> Result<(), SpoolError> {
-        let corrupt = self.dir.join(CORRUPT_DIR);
+    /// Moves an entry's files aside, so they never stop the daemon.
+    fn quarantine(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.move_to_corrupt(&[self.entry_path(id), self.meta_path(id)])
+    }
+
+    fn move_to_corrupt(&self, paths: &[PathBuf]) -> Result<(), SpoolError> {
+        let corrupt = self.dir().join(CORRUPT_DIR);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&corrupt)
             .map_err(io_err(&corrupt))?;
-        for path in [meta.to_path_buf(), meta.with_extension(BODY_EXT)] {
+        for path in paths {
             if let Some(name) = path.file_name().filter(|_| path.exists()) {
-                self.fs
-                    .rename(&path, &corrupt.join(name))
-                    .map_err(io_err(&path))?;
+                self.fs()
+                    .rename(path, &corrupt.join(name))
+                    .map_err(io_err(path))?;
             }
         }
-        self.fs.sync_dir(&corrupt).map_err(io_err(&corrupt))?;
-        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+        self.fs().sync_dir(&corrupt).map_err(io_err(&corrupt))?;
+        self.fs().sync_dir(self.dir()).map_err(io_err(self.dir()))
     }
 
-    /// Starts receiving a message: creates its body file under a new id.
-    ///
-    /// # Errors
-    /// The body file cannot be created (disk full, permissions).
-    pub fn receive(&self) -> Result<IncomingMessage, SpoolError> {
+    /// Starts receiving a message under a new id; its file is created by the first write.
+    pub fn receive(&self) -> IncomingMessage {
         let id = QueueId::generate();
-        let path = self.body_path(id);
-        let file = self.fs.create(&path).map_err(io_err(&path))?;
-        Ok(IncomingMessage {
+        IncomingMessage {
             id,
-            file,
-            path,
+            file: None,
+            path: self.entry_path(id),
             size: 0,
-        })
+            crc: crc32fast::Hasher::new(),
+        }
     }
 
-    /// Appends received bytes to the body.
+    /// Appends received bytes to the entry file (a large message streams to disk as it comes).
     ///
     /// # Errors
     /// The write failed; the caller should [`abort`](Self::abort) the message.
     pub fn append(&self, incoming: &mut IncomingMessage, bytes: &[u8]) -> Result<(), SpoolError> {
-        self.fs
-            .write(&mut incoming.file, &incoming.path, bytes)
+        let file = match &mut incoming.file {
+            Some(file) => file,
+            None => incoming.file.insert(
+                self.fs()
+                    .create(&incoming.path)
+                    .map_err(io_err(&incoming.path))?,
+            ),
+        };
+        self.fs()
+            .write(file, &incoming.path, bytes)
             .map_err(io_err(&incoming.path))?;
+        incoming.crc.update(bytes);
         incoming.size += bytes.len() as u64;
         Ok(())
     }
 
-    /// Makes the message durable; after this returns the message may be acknowledged.
-    ///
-    /// # Errors
-    /// Any step failed; nothing was committed and the body is removed.
-    pub fn commit(
+    /// What a commit writes after the bytes already in the file (`tail`, then the metadata
+    /// and the footer), with the entry's metadata; the entry's size counts against
+    /// `queue.max_size` from here.
+    fn prepare(
         &self,
-        incoming: IncomingMessage,
+        incoming: &mut IncomingMessage,
+        mut tail: Vec<u8>,
         envelope: Envelope,
-    ) -> Result<EntryMeta, SpoolError> {
+    ) -> Result<(EntryMeta, Vec<u8>, u64), SpoolError> {
         let meta = EntryMeta {
             id: incoming.id,
             envelope,
@@ -466,172 +610,188 @@ impl Spool {
             last_error: None,
             draft_id: None,
         };
-        let used = self.used.fetch_add(incoming.size, Ordering::Relaxed);
+        let mut crc = std::mem::take(&mut incoming.crc);
+        crc.update(&tail);
+        record::finish(&mut tail, crc, &meta_json(&meta));
+        let size = incoming.size + tail.len() as u64;
+        let used = self.used.fetch_add(size, Ordering::Relaxed);
         if let Some(max) = self.max_size
-            && used + incoming.size > max
+            && used + size > max
         {
-            self.used.fetch_sub(incoming.size, Ordering::Relaxed);
-            let size = incoming.size;
-            self.abort(incoming);
+            self.used.fetch_sub(size, Ordering::Relaxed);
             return Err(SpoolError::OverSize { used, size, max });
         }
-        let meta_path = self.meta_path(meta.id);
-        // The body is durable before its commit marker can be: recovery trusts every marker.
-        let body_synced = match self.sync_mode {
-            SyncMode::File => self
-                .fs
-                .sync(&incoming.file, &incoming.path)
-                .map_err(io_err(&incoming.path)),
-            SyncMode::Filesystem => self.sync_grouped(),
+        Ok((meta, tail, size))
+    }
+
+    /// Makes the message durable with its own flush; after this returns it may be acknowledged.
+    /// SMTP sessions use [`commit_async`](Self::commit_async), which shares flushes.
+    ///
+    /// # Errors
+    /// Any step failed; nothing was committed and the file is removed.
+    pub fn commit(
+        &self,
+        mut incoming: IncomingMessage,
+        envelope: Envelope,
+    ) -> Result<EntryMeta, SpoolError> {
+        let (meta, tail, size) = match self.prepare(&mut incoming, Vec::new(), envelope) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                self.abort(incoming);
+                return Err(err);
+            }
         };
-        let result = body_synced
-            .and_then(|()| {
-                // With `filesystem`, the flush after the rename covers the content too; a
-                // crash before it leaves a marker that was never acknowledged.
-                let sync_content = self.sync_mode == SyncMode::File;
-                self.write_meta_file(&self.dir, &meta, sync_content)
-            })
-            .and_then(|()| {
-                self.sync_grouped().inspect_err(|_| {
-                    // Renamed but not durable: never acknowledged, so not kept either.
-                    let _ = self.fs.remove(&meta_path);
-                })
-            });
+        let path = incoming.path;
+        let written = self
+            .files
+            .write_entry(&path, incoming.file, &tail)
+            .and_then(|()| self.files.flush());
+        if let Err(err) = written {
+            self.used.fetch_sub(size, Ordering::Relaxed);
+            self.files.discard(&path);
+            return Err(err);
+        }
+        Ok(meta)
+    }
+
+    /// Commits the message with `tail` (the body bytes not written yet) on the writer thread,
+    /// sharing its flush with every commit and removal that arrives meanwhile; resolves once
+    /// the message is durable and may be acknowledged.
+    ///
+    /// # Errors
+    /// Any step failed; nothing was committed and the file is removed.
+    pub async fn commit_async(
+        &self,
+        mut incoming: IncomingMessage,
+        tail: Vec<u8>,
+        envelope: Envelope,
+    ) -> Result<EntryMeta, SpoolError> {
+        let (meta, bytes, size) = match self.prepare(&mut incoming, tail, envelope) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                self.abort(incoming);
+                return Err(err);
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        self.writer().submit(Job::Commit {
+            path: incoming.path,
+            file: incoming.file,
+            bytes,
+            reply,
+        });
+        let result = answer.await.unwrap_or(Err(SpoolError::Stopped));
         if result.is_err() {
-            self.used.fetch_sub(incoming.size, Ordering::Relaxed);
-            self.abort(incoming);
+            self.used.fetch_sub(size, Ordering::Relaxed);
         }
         result.map(|()| meta)
     }
 
-    /// Flushes the spool directory (`file`) or its filesystem (`filesystem`), sharing the
-    /// flush with commits and removals that arrive meanwhile.
-    fn sync_grouped(&self) -> Result<(), SpoolError> {
-        let sync = &self.dir_sync;
-        let mut state = sync.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.issued += 1;
-        let ticket = state.issued;
-        loop {
-            if state.synced >= ticket {
-                return Ok(());
-            }
-            if !state.syncing {
-                state.syncing = true;
-                let covers = state.issued;
-                drop(state);
-                let result = match self.sync_mode {
-                    SyncMode::File => self.fs.sync_dir(&self.dir),
-                    SyncMode::Filesystem => self.fs.sync_fs(&self.dir),
-                };
-                state = sync.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.syncing = false;
-                if result.is_ok() {
-                    state.synced = state.synced.max(covers);
-                }
-                sync.done.notify_all();
-                // On failure the waiting committers try the fsync themselves.
-                return result.map_err(io_err(&self.dir));
-            }
-            state = sync.done.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
     /// Drops a message that will not be acknowledged.
     pub fn abort(&self, incoming: IncomingMessage) {
-        let IncomingMessage { path, file, .. } = incoming;
-        drop(file);
-        if let Err(err) = self.fs.remove(&path) {
-            // Left behind, it is an orphan and removed at the next start.
-            tracing::warn!(path = %path.display(), error = %err, "cannot remove aborted body");
+        if let Some(file) = incoming.file {
+            drop(file);
+            self.files.discard(&incoming.path);
         }
     }
 
     /// Writes `meta` into `dir` atomically: temp file, fsync, rename, fsync the directory.
     fn write_meta(&self, dir: &Path, meta: &EntryMeta) -> Result<(), SpoolError> {
-        self.write_meta_file(dir, meta, true)?;
-        self.fs.sync_dir(dir).map_err(io_err(dir))
-    }
-
-    /// Temp file, fsync (when `sync_content`), rename; the caller flushes the directory.
-    fn write_meta_file(
-        &self,
-        dir: &Path,
-        meta: &EntryMeta,
-        sync_content: bool,
-    ) -> Result<(), SpoolError> {
         let final_path = dir.join(format!("{}.{META_EXT}", meta.id));
         let tmp_path = dir.join(format!("{}.{TMP_EXT}", meta.id));
-        let json = serde_json::to_vec(meta).expect("entry metadata always serialises");
         // The temp file of an earlier write that crashed would block `create_new`.
         let _ = std::fs::remove_file(&tmp_path);
-        let mut file = self.fs.create(&tmp_path).map_err(io_err(&tmp_path))?;
+        let mut file = self.fs().create(&tmp_path).map_err(io_err(&tmp_path))?;
         let written = self
-            .fs
-            .write(&mut file, &tmp_path, &json)
-            .and_then(|()| {
-                if sync_content {
-                    self.fs.sync(&file, &tmp_path)
-                } else {
-                    Ok(())
-                }
-            })
-            .and_then(|()| self.fs.rename(&tmp_path, &final_path));
+            .fs()
+            .write(&mut file, &tmp_path, &meta_json(meta))
+            .and_then(|()| self.fs().sync(&file, &tmp_path))
+            .and_then(|()| self.fs().rename(&tmp_path, &final_path));
         if let Err(err) = written {
             drop(file);
-            let _ = self.fs.remove(&tmp_path);
+            let _ = self.fs().remove(&tmp_path);
             return Err(io_err(&tmp_path)(err));
         }
-        Ok(())
+        self.fs().sync_dir(dir).map_err(io_err(dir))
     }
 
-    /// Persists a changed entry (attempt count, next attempt, last error).
+    /// Persists a changed entry (attempt count, next attempt, last error, draft).
     ///
     /// # Errors
     /// The metadata could not be rewritten; the previous version stays in place.
     pub fn update(&self, meta: &EntryMeta) -> Result<(), SpoolError> {
-        self.write_meta(&self.dir, meta)
+        self.write_meta(self.dir(), meta)
     }
 
-    /// Reads a message's body.
+    /// Reads a message, checking it is the whole message that was acknowledged.
     ///
     /// # Errors
-    /// The body file is missing or unreadable.
+    /// The entry file is missing, unreadable or damaged.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        let path = self.body_path(id);
-        std::fs::read(&path).map_err(io_err(&path))
+        read_message(&self.entry_path(id))
     }
 
-    /// Removes a delivered entry; the commit marker goes first, so a crash in between leaves
-    /// only an orphan body, which the next start removes.
+    /// Removes a delivered entry with its own flush (the `queue delete` command);
+    /// deliveries use [`remove_async`](Self::remove_async).
     ///
     /// # Errors
     /// A file could not be removed.
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
-        let meta = self.meta_path(id);
-        self.fs.remove(&meta).map_err(io_err(&meta))?;
-        let body = self.body_path(id);
-        let size = body_size(&body);
-        self.fs.remove(&body).map_err(io_err(&body))?;
-        self.used
-            .fetch_sub(size.min(self.used()), Ordering::Relaxed);
-        self.sync_grouped()
+        let size = self
+            .files
+            .unlink_entry(&self.entry_path(id), &self.meta_path(id))?;
+        self.forget(size);
+        self.files.flush()
     }
 
-    /// Moves an entry to `failed/` with the reason in its metadata.
+    /// Removes a finished entry on the writer thread, sharing its flush; a crash before the
+    /// flush may leave it to be sent again, never half removed.
+    ///
+    /// # Errors
+    /// A file could not be removed, or the removal not flushed.
+    pub async fn remove_async(&self, id: QueueId) -> Result<(), SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer().submit(Job::Remove {
+            entry: self.entry_path(id),
+            meta: self.meta_path(id),
+            reply,
+        });
+        let size = answer.await.unwrap_or(Err(SpoolError::Stopped))?;
+        self.forget(size);
+        Ok(())
+    }
+
+    /// An entry file of `size` bytes left the live queue.
+    fn forget(&self, size: u64) {
+        self.used
+            .fetch_sub(size.min(self.used()), Ordering::Relaxed);
+    }
+
+    /// Moves an entry to `failed/` with the reason in its metadata: the metadata first (alone
+    /// it is a leftover, removed at the next start), then the entry file.
     ///
     /// # Errors
     /// The move could not be completed; the entry stays in the live queue.
     pub fn fail(&self, meta: &EntryMeta) -> Result<(), SpoolError> {
-        let body = self.body_path(meta.id);
-        let failed_body = self.failed_dir.join(format!("{}.{BODY_EXT}", meta.id));
-        let size = body_size(&body);
-        self.fs.rename(&body, &failed_body).map_err(io_err(&body))?;
-        self.used
-            .fetch_sub(size.min(self.used()), Ordering::Relaxed);
         self.write_meta(&self.failed_dir, meta)?;
+        let entry = self.entry_path(meta.id);
+        let failed_entry = self.failed_path(meta.id, ENTRY_EXT);
+        let size = std::fs::symlink_metadata(&entry).map_or(0, |m| m.len());
+        self.fs()
+            .rename(&entry, &failed_entry)
+            .map_err(io_err(&entry))?;
+        self.forget(size);
         let live_meta = self.meta_path(meta.id);
-        self.fs.remove(&live_meta).map_err(io_err(&live_meta))?;
-        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+        match self.fs().remove(&live_meta) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(&live_meta)(err));
+            }
+            _ => {}
+        }
+        self.fs().sync_dir(self.dir()).map_err(io_err(self.dir()))?;
+        self.fs()
+            .sync_dir(&self.failed_dir)
+            .map_err(io_err(&self.failed_dir))
     }
 
     /// Moves a failed entry back into the live queue, due now (an operator's retry).
@@ -639,23 +799,28 @@ impl Spool {
     /// # Errors
     /// The entry is not in `failed/`, or a file operation failed (the entry stays failed).
     pub fn requeue(&self, id: QueueId) -> Result<EntryMeta, SpoolError> {
-        let failed_meta = self.failed_dir.join(format!("{id}.{META_EXT}"));
+        let failed_meta = self.failed_path(id, META_EXT);
         let mut meta = read_meta(&failed_meta)?;
         meta.next_attempt_at_ms = now_ms();
-        // The live meta comes first: until the body is back, recovery finds the body in
-        // failed/ and finishes the entry as failed, so a crash never orphans the body.
-        let failed_body = self.failed_dir.join(format!("{id}.{BODY_EXT}"));
-        let body = self.body_path(id);
-        self.write_meta(&self.dir, &meta)?;
-        self.fs
-            .rename(&failed_body, &body)
-            .map_err(io_err(&failed_body))?;
-        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        self.fs.remove(&failed_meta).map_err(io_err(&failed_meta))?;
-        self.fs
+        // The live metadata comes first: until the entry file is back, recovery keeps the
+        // entry failed, so a crash never orphans it.
+        let failed_entry = self.failed_path(id, ENTRY_EXT);
+        let entry = self.entry_path(id);
+        self.write_meta(self.dir(), &meta)?;
+        self.fs()
+            .rename(&failed_entry, &entry)
+            .map_err(io_err(&failed_entry))?;
+        self.fs().sync_dir(self.dir()).map_err(io_err(self.dir()))?;
+        self.fs()
+            .remove(&failed_meta)
+            .map_err(io_err(&failed_meta))?;
+        self.fs()
             .sync_dir(&self.failed_dir)
             .map_err(io_err(&self.failed_dir))?;
-        self.used.fetch_add(body_size(&body), Ordering::Relaxed);
+        self.used.fetch_add(
+            std::fs::symlink_metadata(&entry).map_or(0, |m| m.len()),
+            Ordering::Relaxed,
+        );
         Ok(meta)
     }
 
@@ -664,14 +829,15 @@ impl Spool {
     /// # Errors
     /// A file could not be removed.
     pub fn delete_failed(&self, id: QueueId) -> Result<bool, SpoolError> {
-        let meta = self.failed_dir.join(format!("{id}.{META_EXT}"));
+        let meta = self.failed_path(id, META_EXT);
         if !meta.exists() {
             return Ok(false);
         }
-        self.fs.remove(&meta).map_err(io_err(&meta))?;
-        let body = self.failed_dir.join(format!("{id}.{BODY_EXT}"));
-        self.fs.remove(&body).map_err(io_err(&body))?;
-        self.fs
+        // The entry file first: metadata alone is a leftover, removed at the next start.
+        let entry = self.failed_path(id, ENTRY_EXT);
+        self.fs().remove(&entry).map_err(io_err(&entry))?;
+        self.fs().remove(&meta).map_err(io_err(&meta))?;
+        self.fs()
             .sync_dir(&self.failed_dir)
             .map_err(io_err(&self.failed_dir))?;
         Ok(true)
@@ -682,12 +848,7 @@ impl Spool {
     /// # Errors
     /// `failed/` cannot be read.
     pub fn failed_count(&self) -> Result<usize, SpoolError> {
-        let mut count = 0;
-        for dirent in std::fs::read_dir(&self.failed_dir).map_err(io_err(&self.failed_dir))? {
-            let path = dirent.map_err(io_err(&self.failed_dir))?.path();
-            count += usize::from(path.extension().and_then(|ext| ext.to_str()) == Some(META_EXT));
-        }
-        Ok(count)
+        Ok(Listing::of(&self.failed_dir)?.metas.len())
     }
 
     /// Entries in `failed/`, oldest first.
@@ -695,20 +856,69 @@ impl Spool {
     /// # Errors
     /// `failed/` cannot be read.
     pub fn failed_entries(&self) -> Result<Vec<EntryMeta>, SpoolError> {
-        let mut entries = Vec::new();
-        for dirent in std::fs::read_dir(&self.failed_dir).map_err(io_err(&self.failed_dir))? {
-            let path = dirent.map_err(io_err(&self.failed_dir))?.path();
-            if path.extension().and_then(|ext| ext.to_str()) == Some(META_EXT) {
-                entries.push(read_meta(&path)?);
-            }
-        }
-        entries.sort_by_key(|meta| meta.id);
-        Ok(entries)
+        Listing::of(&self.failed_dir)?
+            .metas
+            .iter()
+            .map(|id| read_meta(&self.failed_path(*id, META_EXT)))
+            .collect()
     }
 }
 
-fn body_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
+fn meta_json(meta: &EntryMeta) -> Vec<u8> {
+    serde_json::to_vec(meta).expect("entry metadata always serialises")
+}
+
+/// The metadata in an entry file's footer, and the file's size, once the whole file is checked
+/// against the footer's checksum (a crash before the flush can leave a footer on disk without
+/// all of the message), reading it in bounded chunks.
+fn read_trailer(path: &Path) -> Result<(EntryMeta, u64), TrailerError> {
+    const CHUNK: u64 = 256 * 1024;
+    let io = |err| TrailerError::Io(io_err(path)(err));
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < FOOTER_LEN as u64 {
+        return Err(TrailerError::Uncommitted(RecordError::NoFooter));
+    }
+    let covered = len - FOOTER_LEN as u64;
+    let mut footer = [0; FOOTER_LEN];
+    file.read_exact_at(&mut footer, covered).map_err(io)?;
+    let footer = Footer::parse(&footer, len).map_err(TrailerError::Uncommitted)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut chunk = vec![0; CHUNK.min(covered) as usize];
+    let mut at = 0;
+    while at < covered {
+        let part = &mut chunk[..CHUNK.min(covered - at) as usize];
+        file.read_exact_at(part, at).map_err(io)?;
+        crc.update(part);
+        at += part.len() as u64;
+    }
+    if crc.finalize() != footer.crc {
+        return Err(TrailerError::Uncommitted(RecordError::Checksum));
+    }
+    let mut json = vec![0; footer.json_len as usize];
+    file.read_exact_at(&mut json, footer.body_len(len))
+        .map_err(io)?;
+    let meta = serde_json::from_slice(&json).map_err(|source| {
+        TrailerError::Corrupt(SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok((meta, len))
+}
+
+/// The message of an entry file, checked against its footer.
+fn read_message(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    let mut bytes = std::fs::read(path).map_err(io_err(path))?;
+    let body_len = record::split(&bytes)
+        .map_err(|reason| SpoolError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        })?
+        .0
+        .len();
+    bytes.truncate(body_len);
+    Ok(bytes)
 }
 
 fn read_meta(path: &Path) -> Result<EntryMeta, SpoolError> {

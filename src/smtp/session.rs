@@ -899,10 +899,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             pending.pop();
         }
         let result = tokio::task::spawn_blocking(move || {
-            let mut incoming = match incoming {
-                Some(incoming) => incoming,
-                None => spool.receive()?,
-            };
+            let mut incoming = incoming.unwrap_or_else(|| spool.receive());
             match spool.append(&mut incoming, &pending) {
                 Ok(()) => Ok((incoming, pending)),
                 Err(err) => {
@@ -967,20 +964,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 })
             }),
         };
-        let (incoming, pending) = (tx.incoming, tx.pending);
-        let result = tokio::task::spawn_blocking(move || {
-            let mut incoming = match incoming {
-                Some(incoming) => incoming,
-                None => spool.receive()?,
-            };
-            if let Err(err) = spool.append(&mut incoming, &pending) {
-                spool.abort(incoming);
-                return Err(err);
-            }
-            spool.commit(incoming, envelope)
-        })
-        .await
-        .unwrap_or_else(|join| Err(join_error(join)));
+        // The rest of the body goes to the spool's writer with the commit: a message that
+        // fits the buffer never costs this task a blocking call.
+        let incoming = tx.incoming.unwrap_or_else(|| spool.receive());
+        let result = spool.commit_async(incoming, tx.pending, envelope).await;
         match result {
             Ok(meta) => {
                 tracing::info!(

@@ -206,7 +206,8 @@ async fn a_full_spool_answers_452_and_keeps_what_it_has() {
     let spool = tempfile::tempdir().unwrap();
     let env = with(
         graph_env(&emulator, spool.path()),
-        &[("GRAPH_RELAY_QUEUE__MAX_SIZE", "300")],
+        // One entry file (the message, its metadata and footer: about 550 bytes) fits, two do not.
+        &[("GRAPH_RELAY_QUEUE__MAX_SIZE", "800")],
     );
     let relay = Relay::start(&["serve"], &env);
     let mut smtp = SmtpClient::connect(relay.smtp).await;

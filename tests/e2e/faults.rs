@@ -112,17 +112,16 @@ async fn a_real_full_disk_answers_452_keeps_what_is_queued_and_delivers_it_after
         acknowledged.extend(subjects);
     }
     assert!(acknowledged.len() >= 4, "{acknowledged:?}");
-    // Nothing already queued was harmed: a commit marker and a body for each 250, nothing of the
-    // refused ones (their bodies are unlinked off the session task, so soon rather than at once),
-    // also after several retries that could not rewrite their metadata on the full disk.
+    // Nothing already queued was harmed: an entry file for each 250, nothing of the refused ones
+    // (their partial files are unlinked off the session task, so soon rather than at once), also
+    // after several retries that could not write their metadata on the full disk.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(count(&queue, "json"), acknowledged.len());
     assert!(
-        eventually(Duration::from_secs(5), || count(&queue, "eml")
+        eventually(Duration::from_secs(5), || count(&queue, "msg")
             == acknowledged.len())
         .await,
-        "{} bodies for {} messages",
-        count(&queue, "eml"),
+        "{} entry files for {} messages",
+        count(&queue, "msg"),
         acknowledged.len()
     );
     assert!(arrivals(&[&emulator]).is_empty());
@@ -193,8 +192,7 @@ async fn a_read_only_spool_answers_4xx_loses_nothing_and_resends_nothing() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let counts = arrivals(&[&emulator]);
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
-    assert_eq!(count(&queue, "json"), 3);
-    assert_eq!(count(&queue, "eml"), 3);
+    assert_eq!(count(&queue, "msg"), 3);
     assert!(
         relay.logs().contains("retrying the removal"),
         "{}",
@@ -211,7 +209,7 @@ async fn a_read_only_spool_answers_4xx_loses_nothing_and_resends_nothing() {
             .success()
     );
     assert!(
-        eventually(Duration::from_secs(70), || count(&queue, "json") == 0).await,
+        eventually(Duration::from_secs(70), || count(&queue, "msg") == 0).await,
         "{}",
         relay.logs()
     );

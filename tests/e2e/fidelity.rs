@@ -547,7 +547,7 @@ async fn a_message_with_no_sender_at_all_is_refused_at_data() {
                 .unwrap()
                 .path()
                 .extension()
-                .is_some_and(|x| x == "json")
+                .is_some_and(|x| x == "msg")
         })
         .count();
     assert_eq!(queued, 0);

@@ -284,7 +284,7 @@ async fn dry_run_writes_requests_and_recovers_them_after_restart() {
     // An entry acknowledged but not yet written when the relay stopped.
     let queued_id = {
         let (spool, _) = graph_relay::queue::Spool::open(&out.path().join(".queue")).unwrap();
-        let mut incoming = spool.receive().unwrap();
+        let mut incoming = spool.receive();
         spool
             .append(
                 &mut incoming,
@@ -548,7 +548,7 @@ async fn refused_message_moves_to_failed_with_the_reason() {
         spool
             .path()
             .join("failed")
-            .join(format!("{id}.eml"))
+            .join(format!("{id}.msg"))
             .exists()
     );
     assert!(

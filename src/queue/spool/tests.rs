@@ -66,13 +66,13 @@ fn envelope() -> Envelope {
 }
 
 fn commit(spool: &Spool, body: &[u8]) -> EntryMeta {
-    let mut incoming = spool.receive().unwrap();
+    let mut incoming = spool.receive();
     spool.append(&mut incoming, body).unwrap();
     spool.commit(incoming, envelope()).unwrap()
 }
 
 #[test]
-fn commit_writes_body_then_meta_with_every_fsync_in_order() {
+fn commit_writes_the_entry_then_flushes_the_file_and_its_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q");
     let recording = Arc::new(Recording::default());
@@ -86,14 +86,11 @@ fn commit_writes_body_then_meta_with_every_fsync_in_order() {
     assert_eq!(
         recording.take(),
         vec![
-            format!("create {id}.eml"),
-            format!("write {id}.eml"),
-            format!("fsync {id}.eml"),
-            format!("create {id}.tmp"),
-            format!("write {id}.tmp"),
-            format!("fsync {id}.tmp"),
-            format!("rename {id}.tmp"),
-            format!("  to {id}.json"),
+            format!("create {id}.msg"),
+            format!("write {id}.msg"),
+            // The footer: metadata and checksum.
+            format!("write {id}.msg"),
+            format!("fsync {id}.msg"),
             format!("fsync-dir {dir_name}"),
         ]
     );
@@ -101,7 +98,7 @@ fn commit_writes_body_then_meta_with_every_fsync_in_order() {
 }
 
 #[test]
-fn with_syncfs_the_body_is_flushed_before_its_commit_marker_exists_and_again_after() {
+fn with_syncfs_one_flush_commits_an_entry_and_one_removes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q");
     let recording = Arc::new(Recording::default());
@@ -114,23 +111,19 @@ fn with_syncfs_the_body_is_flushed_before_its_commit_marker_exists_and_again_aft
     assert_eq!(
         recording.take(),
         vec![
-            format!("create {id}.eml"),
-            format!("write {id}.eml"),
-            "syncfs q".to_string(),
-            format!("create {id}.tmp"),
-            format!("write {id}.tmp"),
-            format!("rename {id}.tmp"),
-            format!("  to {id}.json"),
+            format!("create {id}.msg"),
+            format!("write {id}.msg"),
+            format!("write {id}.msg"),
             "syncfs q".to_string(),
         ]
     );
-    // Removal shares the flush too.
+    // The entry file is the commit marker: it goes first; then metadata an update left.
     spool.remove(id).unwrap();
     assert_eq!(
         recording.take(),
         vec![
+            format!("remove {id}.msg"),
             format!("remove {id}.json"),
-            format!("remove {id}.eml"),
             "syncfs q".to_string(),
         ]
     );
@@ -143,10 +136,11 @@ fn files_and_directories_are_owner_only() {
     let dir = tmp.path().join("q");
     let (spool, _) = Spool::open(&dir).unwrap();
     let meta = commit(&spool, b"x");
+    spool.update(&meta).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("failed")), 0o700);
-    assert_eq!(mode(&spool.body_path(meta.id)), 0o600);
+    assert_eq!(mode(&spool.entry_path(meta.id)), 0o600);
     assert_eq!(mode(&spool.meta_path(meta.id)), 0o600);
 }
 
@@ -159,7 +153,7 @@ fn reopening_recovers_committed_entries_and_removes_uncommitted_ones() {
         let (spool, _) = Spool::open(&dir).unwrap();
         committed = commit(&spool, b"kept");
         // A crash during DATA: body written, never committed.
-        let mut incoming = spool.receive().unwrap();
+        let mut incoming = spool.receive();
         spool.append(&mut incoming, b"half").unwrap();
         std::mem::forget(incoming);
         // A crash during the meta write: the temp file is left.
@@ -175,9 +169,9 @@ fn reopening_recovers_committed_entries_and_removes_uncommitted_ones() {
         .filter(|n| !n.starts_with('.') && n != "failed")
         .collect();
     assert_eq!(
-        names.len(),
-        2,
-        "only the committed entry is left: {names:?}"
+        names,
+        vec![format!("{}.msg", committed.id)],
+        "only the committed entry is left"
     );
 }
 
@@ -219,10 +213,8 @@ fn failed_entries_keep_body_and_reason_outside_the_live_queue() {
     spool.fail(&meta).unwrap();
     assert_eq!(spool.failed_entries().unwrap(), vec![meta.clone()]);
     assert_eq!(spool.failed_count().unwrap(), 1);
-    assert_eq!(
-        std::fs::read(tmp.path().join("failed").join(format!("{}.eml", meta.id))).unwrap(),
-        b"body"
-    );
+    let failed_file = std::fs::read(tmp.path().join("failed").join(format!("{}.msg", meta.id)));
+    assert_eq!(record::split(&failed_file.unwrap()).unwrap().0, b"body");
     drop(spool);
     let (_, recovered) = Spool::open(tmp.path()).unwrap();
     assert!(recovered.entries.is_empty());
@@ -231,29 +223,26 @@ fn failed_entries_keep_body_and_reason_outside_the_live_queue() {
 #[test]
 fn corrupt_metadata_is_quarantined_not_fatal() {
     let tmp = tempfile::tempdir().unwrap();
-    let good;
-    let bad_id = QueueId::generate();
-    {
+    let (good, bad_id) = {
         let (spool, _) = Spool::open(tmp.path()).unwrap();
-        good = commit(&spool, b"good");
-    }
+        (commit(&spool, b"good"), commit(&spool, b"bad").id)
+    };
+    // An update's metadata that cannot be read; and an entry of the earlier layout alike.
     std::fs::write(tmp.path().join(format!("{bad_id}.json")), b"{not json").unwrap();
-    std::fs::write(tmp.path().join(format!("{bad_id}.eml")), b"body").unwrap();
+    let legacy_id = QueueId::generate();
+    std::fs::write(tmp.path().join(format!("{legacy_id}.json")), b"{not json").unwrap();
+    std::fs::write(tmp.path().join(format!("{legacy_id}.eml")), b"body").unwrap();
     let (_, recovered) = Spool::open(tmp.path()).unwrap();
     assert_eq!(recovered.entries, vec![good]);
     assert_eq!(recovered.quarantined, 1);
-    assert!(
-        tmp.path()
-            .join("corrupt")
-            .join(format!("{bad_id}.json"))
-            .exists()
-    );
-    assert!(
-        tmp.path()
-            .join("corrupt")
-            .join(format!("{bad_id}.eml"))
-            .exists()
-    );
+    for name in [
+        format!("{bad_id}.json"),
+        format!("{bad_id}.msg"),
+        format!("{legacy_id}.json"),
+        format!("{legacy_id}.eml"),
+    ] {
+        assert!(tmp.path().join("corrupt").join(&name).exists(), "{name}");
+    }
 }
 
 #[test]
@@ -282,14 +271,30 @@ fn a_failed_commit_leaves_nothing_behind() {
             RealFs.remove(path)
         }
     }
-    // The file's fsync fails with `file`, the grouped syncfs with `filesystem`.
-    for mode in [SyncMode::File, SyncMode::Filesystem] {
+    // The file's fsync fails with `file`, the grouped syncfs with `filesystem`; on the
+    // caller's thread and on the writer's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for (mode, on_writer) in [
+        (SyncMode::File, false),
+        (SyncMode::Filesystem, false),
+        (SyncMode::File, true),
+        (SyncMode::Filesystem, true),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open_with(tmp.path(), Arc::new(FailingSync)).unwrap();
         let spool = spool.with_sync(mode);
-        let mut incoming = spool.receive().unwrap();
+        let mut incoming = spool.receive();
         spool.append(&mut incoming, b"x").unwrap();
-        let err = spool.commit(incoming, envelope()).unwrap_err();
+        let err = if on_writer {
+            runtime
+                .block_on(spool.commit_async(incoming, b"y".to_vec(), envelope()))
+                .unwrap_err()
+        } else {
+            spool.commit(incoming, envelope()).unwrap_err()
+        };
+        let mode = (mode, on_writer);
         assert!(err.to_string().contains("disk on fire"), "{mode:?}: {err}");
         let leftovers = std::fs::read_dir(tmp.path())
             .unwrap()
@@ -372,7 +377,7 @@ fn reopen(dir: &Path) -> (Spool, Vec<EntryMeta>) {
     let stray: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".eml") || n.ends_with(".tmp"))
+        .filter(|n| n.ends_with(".msg") || n.ends_with(".tmp") || n.ends_with(".json"))
         .filter(|n| {
             !recovered
                 .entries
@@ -386,9 +391,9 @@ fn reopen(dir: &Path) -> (Spool, Vec<EntryMeta>) {
 
 #[test]
 fn a_crash_at_any_step_of_a_commit_loses_no_acknowledged_message() {
-    // file: create, write, fsync body; create, write, fsync, rename meta; fsync dir: 8 steps.
-    // filesystem: create, write body; syncfs; create, write, rename meta; syncfs: 7 steps.
-    for (mode, steps) in [(SyncMode::File, 8), (SyncMode::Filesystem, 7)] {
+    // file: create, write body, write footer, fsync, fsync dir: 5 steps.
+    // filesystem: create, write body, write footer, syncfs: 4 steps.
+    for (mode, steps) in [(SyncMode::File, 5), (SyncMode::Filesystem, 4)] {
         crash_during_commit(mode, steps);
     }
 }
@@ -400,12 +405,10 @@ fn crash_during_commit(mode: SyncMode, steps: usize) {
         let committed = {
             let (spool, _) = Spool::open_with(&dir, CrashAfter::new(allowed)).unwrap();
             let spool = spool.with_sync(mode);
+            let mut incoming = spool.receive();
             spool
-                .receive()
-                .and_then(|mut incoming| {
-                    spool.append(&mut incoming, b"body")?;
-                    spool.commit(incoming, envelope())
-                })
+                .append(&mut incoming, b"body")
+                .and_then(|()| spool.commit(incoming, envelope()))
                 .ok()
         };
         let (spool, entries) = reopen(&dir);
@@ -429,7 +432,7 @@ fn a_crash_at_any_step_of_update_remove_or_fail_keeps_the_entry_whole() {
     let ops: [(&str, Op, usize); 3] = [
         ("update", |s, m| s.update(m), 5),
         ("remove", |s, m| s.remove(m.id), 3),
-        ("fail", |s, m| s.fail(m), 8),
+        ("fail", |s, m| s.fail(m), 9),
     ];
     for (name, op, steps) in ops {
         for allowed in 0..=steps {
@@ -467,23 +470,30 @@ fn a_crash_at_any_step_of_update_remove_or_fail_keeps_the_entry_whole() {
 
 #[test]
 fn the_spool_refuses_mail_over_max_size_and_makes_room_as_entries_leave() {
+    // An entry file is its message plus metadata and footer of a fixed size here.
+    let overhead = {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(tmp.path()).unwrap();
+        commit(&spool, b"");
+        spool.used()
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(tmp.path()).unwrap();
-    let spool = spool.with_max_size(Some(10));
+    let spool = spool.with_max_size(Some(2 * overhead + 10));
     let first = commit(&spool, b"123456");
-    let mut incoming = spool.receive().unwrap();
+    let mut incoming = spool.receive();
     spool.append(&mut incoming, b"12345").unwrap();
     let err = spool.commit(incoming, envelope()).unwrap_err();
     assert!(err.is_full() && err.is_retryable(), "{err}");
     assert!(err.to_string().contains("queue.max_size"), "{err}");
-    assert_eq!(spool.used(), 6);
+    assert_eq!(spool.used(), overhead + 6);
     spool.remove(first.id).unwrap();
     assert_eq!(spool.used(), 0);
     commit(&spool, b"12345");
     // Reopening counts what is queued.
     drop(spool);
     let (spool, _) = Spool::open(tmp.path()).unwrap();
-    assert_eq!(spool.used(), 5);
+    assert_eq!(spool.used(), overhead + 5);
     let disk_full = SpoolError::Io {
         path: "x".into(),
         source: io::Error::from(io::ErrorKind::StorageFull),
@@ -491,14 +501,14 @@ fn the_spool_refuses_mail_over_max_size_and_makes_room_as_entries_leave() {
     assert!(disk_full.is_full());
 }
 
-/// Logs the start and end of each flush (directory fsync or syncfs), which takes a while, so
-/// commits pile up.
+/// Logs each entry write and the start and end of each flush (directory fsync or syncfs),
+/// which takes a while, so commits pile up.
 #[derive(Default)]
-struct SlowDirSync {
+struct SlowFlush {
     log: Mutex<Vec<String>>,
 }
 
-impl SlowDirSync {
+impl SlowFlush {
     fn slow_flush(&self, flush: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         self.log.lock().unwrap().push("flush start".into());
         std::thread::sleep(std::time::Duration::from_millis(30));
@@ -508,21 +518,21 @@ impl SlowDirSync {
     }
 }
 
-impl FileOps for SlowDirSync {
+impl FileOps for SlowFlush {
     fn create(&self, path: &Path) -> io::Result<File> {
         RealFs.create(path)
     }
     fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        RealFs.write(file, path, bytes)
+        RealFs.write(file, path, bytes)?;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.log.lock().unwrap().push(format!("write {name}"));
+        Ok(())
     }
     fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
         RealFs.sync(file, path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)?;
-        let name = to.file_name().unwrap().to_string_lossy().into_owned();
-        self.log.lock().unwrap().push(format!("rename {name}"));
-        Ok(())
+        RealFs.rename(from, to)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.slow_flush(|| RealFs.sync_dir(dir))
@@ -544,22 +554,43 @@ fn commits_arriving_together_share_a_flush_and_none_returns_before_its_flush() {
 
 fn commits_share_flushes(mode: SyncMode) {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Arc::new(SlowDirSync::default());
+    let fs = Arc::new(SlowFlush::default());
     let (spool, _) = Spool::open_with(tmp.path(), fs.clone()).unwrap();
     let spool = Arc::new(spool.with_sync(mode));
-    let threads: Vec<_> = (0..16)
-        .map(|_| {
-            let (spool, fs) = (spool.clone(), fs.clone());
-            std::thread::spawn(move || {
-                let meta = commit(&spool, b"body");
-                // The moment SMTP would answer 250.
-                fs.log.lock().unwrap().push(format!("ack {}.json", meta.id));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let sessions: Vec<_> = (0..16)
+            .map(|i| {
+                let (spool, fs) = (spool.clone(), fs.clone());
+                tokio::spawn(async move {
+                    // Half streamed to the file first, as a large message is.
+                    let mut incoming = spool.receive();
+                    if i % 2 == 0 {
+                        spool.append(&mut incoming, b"bo").unwrap();
+                    }
+                    let tail = if i % 2 == 0 {
+                        b"dy".to_vec()
+                    } else {
+                        b"body".to_vec()
+                    };
+                    let meta = spool
+                        .commit_async(incoming, tail, envelope())
+                        .await
+                        .unwrap();
+                    // The moment SMTP would answer 250.
+                    fs.log.lock().unwrap().push(format!("ack {}.msg", meta.id));
+                    meta.id
+                })
             })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
+            .collect();
+        for session in sessions {
+            let id = session.await.unwrap();
+            assert_eq!(spool.read_body(id).unwrap(), b"body");
+        }
+    });
     let log = fs.log.lock().unwrap().clone();
     let flushes = log.iter().filter(|l| *l == "flush start").count();
     assert!(
@@ -572,12 +603,12 @@ fn commits_share_flushes(mode: SyncMode) {
         .filter(|(_, l)| l.starts_with("ack "))
     {
         let name = &line["ack ".len()..];
-        let renamed_at = log
+        let written_at = log
             .iter()
-            .position(|l| *l == format!("rename {name}"))
+            .rposition(|l| *l == format!("write {name}"))
             .unwrap();
-        // A flush that started after the rename and ended before the acknowledgement.
-        let covered = (renamed_at..ack_at).any(|start| {
+        // A flush that started after the last write and ended before the acknowledgement.
+        let covered = (written_at..ack_at).any(|start| {
             log[start] == "flush start" && log[start..ack_at].iter().any(|l| l == "flush end")
         });
         assert!(
@@ -585,35 +616,93 @@ fn commits_share_flushes(mode: SyncMode) {
             "{mode:?}: {name} acknowledged without a covering flush: {log:#?}"
         );
     }
+    // Removals go through the same writer and share flushes too.
+    let before = log.len();
+    let entries: Vec<QueueId> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".msg")?.parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(entries.len(), 16);
+    runtime.block_on(async {
+        let removals: Vec<_> = entries
+            .iter()
+            .map(|&id| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.remove_async(id).await })
+            })
+            .collect();
+        for removal in removals {
+            removal.await.unwrap().unwrap();
+        }
+    });
+    let log = fs.log.lock().unwrap().clone();
+    let flushes = log[before..].iter().filter(|l| *l == "flush start").count();
+    assert!(
+        (1..16).contains(&flushes),
+        "{mode:?}: {flushes} flushes for 16 removals"
+    );
+    assert_eq!(spool.used(), 0);
+    drop(spool);
+    assert!(Spool::open(tmp.path()).unwrap().1.entries.is_empty());
 }
 
-/// Entries spooled before their origin (listener, user, sender) was recorded still load (the
-/// delivery then finds the sender from the message); new ones keep it.
+/// Entries of the earlier two-file layout (`.eml` + `.json`), live and failed, are converted
+/// at open and keep everything they had, the missing origin included; new ones keep theirs.
 #[test]
-fn entries_without_the_recorded_sender_still_load() {
+fn entries_of_the_earlier_layout_are_converted_and_keep_their_metadata() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q");
-    std::fs::create_dir_all(&dir).unwrap();
-    let id = QueueId::generate();
-    // Exactly what the previous version wrote.
-    let old = format!(
-        r#"{{"id":"{id}","envelope":{{"mail_from":"app@example.com","rcpt_to":["bob@example.com"],"client":"127.0.0.1:1","received_at_ms":5}},"attempts":1,"next_attempt_at_ms":7,"last_error":"HTTP 503"}}"#
+    std::fs::create_dir_all(dir.join("failed")).unwrap();
+    let (id, failed_id, orphan_id) = (
+        QueueId::generate(),
+        QueueId::generate(),
+        QueueId::generate(),
     );
-    std::fs::write(dir.join(format!("{id}.json")), old).unwrap();
+    // Exactly what an earlier version wrote.
+    let old = |id: QueueId, error: &str| {
+        format!(
+            r#"{{"id":"{id}","envelope":{{"mail_from":"app@example.com","rcpt_to":["bob@example.com"],"client":"127.0.0.1:1","received_at_ms":5}},"attempts":1,"next_attempt_at_ms":7,"last_error":"{error}"}}"#
+        )
+    };
+    let body = b"From: app@example.com\r\n\r\nx\r\n";
+    std::fs::write(dir.join(format!("{id}.json")), old(id, "HTTP 503")).unwrap();
+    std::fs::write(dir.join(format!("{id}.eml")), body).unwrap();
+    let failed = dir.join("failed");
     std::fs::write(
-        dir.join(format!("{id}.eml")),
-        b"From: app@example.com\r\n\r\nx\r\n",
+        failed.join(format!("{failed_id}.json")),
+        old(failed_id, "refused"),
     )
     .unwrap();
+    std::fs::write(failed.join(format!("{failed_id}.eml")), body).unwrap();
+    // Never committed (no metadata): removed, as before.
+    std::fs::write(dir.join(format!("{orphan_id}.eml")), body).unwrap();
     let (spool, recovered) = Spool::open(&dir).unwrap();
     assert_eq!(recovered.entries.len(), 1);
     let entry = &recovered.entries[0];
     assert_eq!(entry.id, id);
     assert_eq!(entry.attempts, 1);
+    assert_eq!(entry.last_error.as_deref(), Some("HTTP 503"));
     assert_eq!(entry.envelope.mail_from, "app@example.com");
     assert_eq!(entry.envelope.origin, None);
+    assert_eq!(spool.read_body(id).unwrap(), body);
+    let failed_entries = spool.failed_entries().unwrap();
+    assert_eq!(failed_entries.len(), 1);
+    assert_eq!(failed_entries[0].last_error.as_deref(), Some("refused"));
+    let requeued = spool.requeue(failed_id).unwrap();
+    assert_eq!(spool.read_body(requeued.id).unwrap(), body);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(&failed).unwrap())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".eml"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
-    let mut incoming = spool.receive().unwrap();
+    let mut incoming = spool.receive();
     spool.append(&mut incoming, b"x\r\n").unwrap();
     let recorded = Envelope {
         origin: Some(Box::new(Origin {
@@ -626,6 +715,57 @@ fn entries_without_the_recorded_sender_still_load() {
     let meta = spool.commit(incoming, recorded.clone()).unwrap();
     drop(spool);
     let (_spool, recovered) = Spool::open(&dir).unwrap();
+    assert_eq!(recovered.entries.len(), 3);
     let reloaded = recovered.entries.iter().find(|e| e.id == meta.id).unwrap();
     assert_eq!(reloaded.envelope, recorded);
+}
+
+/// A file without a whole footer, or whose footer does not match the rest (a crash before the
+/// flush), was never acknowledged and is removed at open; one whose metadata was updated was,
+/// and is quarantined; one damaged on disk after the open is refused when read, with a reason
+/// not worth retrying.
+#[test]
+fn entries_cut_short_or_damaged_are_never_sent_as_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let cut = commit(&spool, b"cut short").id;
+    let torn = commit(&spool, b"Subject: torn\r\n\r\nx\r\n").id;
+    let updated = commit(&spool, b"Subject: updated\r\n\r\nx\r\n");
+    spool.update(&updated).unwrap();
+    let whole = commit(&spool, b"whole").id;
+    drop(spool);
+    let path = |id: QueueId| tmp.path().join(format!("{id}.msg"));
+    let flip = |id: QueueId| {
+        let mut bytes = std::fs::read(path(id)).unwrap();
+        bytes[3] ^= 0x20;
+        std::fs::write(path(id), bytes).unwrap();
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path(cut))
+        .unwrap();
+    file.set_len(12).unwrap();
+    flip(torn);
+    flip(updated.id);
+
+    let (spool, recovered) = Spool::open(tmp.path()).unwrap();
+    assert_eq!(recovered.orphans_removed, 2);
+    assert!(!path(cut).exists() && !path(torn).exists());
+    assert_eq!(recovered.quarantined, 1);
+    assert!(
+        tmp.path()
+            .join("corrupt")
+            .join(format!("{}.msg", updated.id))
+            .exists()
+    );
+    let ids: Vec<QueueId> = recovered.entries.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![whole]);
+    assert_eq!(spool.read_body(whole).unwrap(), b"whole");
+    flip(whole);
+    let err = spool.read_body(whole).unwrap_err();
+    assert!(
+        matches!(err, SpoolError::Damaged { .. }) && !err.is_retryable(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("checksum"), "{err}");
 }
