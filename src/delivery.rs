@@ -184,16 +184,14 @@ impl Delivery {
 
     /// One attempt; what it learns on the way (the draft id of an upload) is recorded in `meta`.
     pub async fn attempt(&self, meta: &mut EntryMeta) -> Outcome {
-        let spool = self.spool.clone();
         let id = meta.id;
-        let raw = match tokio::task::spawn_blocking(move || spool.read_body(id)).await {
-            Ok(Ok(raw)) => raw,
+        let raw = match self.spool.read_body_async(id).await {
+            Ok(raw) => raw,
             // A damaged entry will not heal: it fails now rather than at queue.max_age.
-            Ok(Err(err @ SpoolError::Damaged { .. })) => {
+            Err(err @ SpoolError::Damaged { .. }) => {
                 return Outcome::failure(Failure::Conversion, 0, None, err.to_string());
             }
-            Ok(Err(err)) => return Outcome::failure(Failure::Local, 0, None, err.to_string()),
-            Err(join) => return Outcome::failure(Failure::Local, 0, None, join.to_string()),
+            Err(err) => return Outcome::failure(Failure::Local, 0, None, err.to_string()),
         };
         // A raw message above 4 MiB cannot become a smaller request: skip building it.
         if let Outbound::Graph { client, tokens } = &self.outbound

@@ -9,10 +9,10 @@ use crate::graph::model::Recipient;
 /// Bare LF (and bare CR) line ends as CRLF. Borrows when the message is already clean, so the
 /// common case costs no copy.
 pub(super) fn normalise_line_ends(raw: &[u8]) -> Cow<'_, [u8]> {
-    let clean = raw.iter().enumerate().all(|(i, &b)| match b {
+    // Only line-end bytes need a look: memchr skips the rest many bytes at a time.
+    let clean = memchr::memchr2_iter(b'\r', b'\n', raw).all(|i| match raw[i] {
         b'\n' => i > 0 && raw[i - 1] == b'\r',
-        b'\r' => raw.get(i + 1) == Some(&b'\n'),
-        _ => true,
+        _ => raw.get(i + 1) == Some(&b'\n'),
     });
     if clean {
         return Cow::Borrowed(raw);
@@ -68,4 +68,27 @@ pub(super) fn clean_name(name: Option<&str>) -> Option<String> {
     let kept = kept.join(" ");
     let kept = kept.trim_matches(|c: char| c == '(' || c == ')' || c == '"' || c == ',');
     (!kept.trim().is_empty()).then(|| kept.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_ends_become_crlf_and_clean_messages_are_borrowed() {
+        let cases: [(&[u8], &[u8], bool); 7] = [
+            (b"", b"", true),
+            (b"a\r\nb\r\n", b"a\r\nb\r\n", true),
+            (b"a\nb\n", b"a\r\nb\r\n", false),
+            (b"\nb", b"\r\nb", false),
+            (b"a\rb\r", b"a\r\nb\r\n", false),
+            (b"a\r\n\nb\r\r\n", b"a\r\n\r\nb\r\n\r\n", false),
+            (b"no line end at all", b"no line end at all", true),
+        ];
+        for (raw, expected, borrowed) in cases {
+            let out = normalise_line_ends(raw);
+            assert_eq!(&*out, expected, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(matches!(out, Cow::Borrowed(_)), borrowed, "{raw:?}");
+        }
+    }
 }
