@@ -1,5 +1,6 @@
 //! The spool's file operations for tests: the real file system, whose writes fail as on a full
-//! disk and whose removals fail as on a read-only one, while a test says so.
+//! disk and whose removals (and recycling of entry files) fail as on a read-only one, while a
+//! test says so.
 
 use std::fs::File;
 use std::io;
@@ -46,5 +47,13 @@ impl FileOps for FaultyFs {
             return Err(io::ErrorKind::ReadOnlyFilesystem.into());
         }
         RealFs.remove(path)
+    }
+    /// Removing an entry empties it and keeps it as a spare: as much a removal here.
+    fn recycle(&self, path: &Path, spare: &Path) -> io::Result<()> {
+        self.removals.fetch_add(1, SeqCst);
+        if self.read_only.load(SeqCst) {
+            return Err(io::ErrorKind::ReadOnlyFilesystem.into());
+        }
+        RealFs.recycle(path, spare)
     }
 }

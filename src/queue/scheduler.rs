@@ -383,7 +383,9 @@ impl<A: Attempt> Scheduler<A> {
                 };
                 let tx = report_tx.clone();
                 workers.spawn(async move {
-                    let _ = tx.send(worker.deliver(lane, meta, watcher).await);
+                    if let Some(report) = worker.deliver(lane, meta, watcher).await {
+                        let _ = tx.send(report);
+                    }
                 });
             }
             let wake = [waiting.next_at(), lanes.next_wake(now)]
@@ -908,12 +910,17 @@ struct Worker<A> {
 impl<A: Attempt> Worker<A> {
     /// Attempts one delivery and records the outcome in the spool before reporting it. With a
     /// watcher, the session waiting for this first attempt is told the verdict, unless it
-    /// stopped waiting first and so decided the entry's fate itself.
-    async fn deliver(self, lane: Lane, mut meta: EntryMeta, watcher: Option<Watcher>) -> Report {
+    /// stopped waiting first and so decided the entry's fate itself. `None`: reported already.
+    async fn deliver(
+        self,
+        lane: Lane,
+        mut meta: EntryMeta,
+        watcher: Option<Watcher>,
+    ) -> Option<Report> {
         let id = meta.id;
         if watcher.as_ref().is_some_and(Watcher::dropped) {
             tracing::info!(queue_id = %id, "not attempted: its SMTP client was told to try again");
-            return Report::done(lane, id, false);
+            return Some(Report::done(lane, id, false));
         }
         let outcome = self.attempt.attempt(&mut meta).await;
         meta.attempts += 1;
@@ -952,14 +959,18 @@ impl<A: Attempt> Worker<A> {
                     meta.envelope.rcpt_to.len(),
                     self.clock.now_ms(),
                 );
+                if let Some(watcher) = watcher {
+                    watcher.tell(Verdict::Delivered);
+                }
+                // Graph has answered, so the mailbox's slot is free: the report goes first and
+                // the removal (a flush away) follows; this task stays tracked until it is done,
+                // so a shutdown waits for it.
+                let _ = self.reports.send(Report::done(lane, id, true));
                 // A dropped entry's files are gone already.
                 if !dropped {
                     remove_done(spool, id).await;
                 }
-                if let Some(watcher) = watcher {
-                    watcher.tell(Verdict::Delivered);
-                }
-                return Report::done(lane, id, true);
+                return None;
             }
             Outcome::NotDelivered {
                 class,
@@ -1009,7 +1020,7 @@ impl<A: Attempt> Worker<A> {
             if let Some(watcher) = watcher {
                 watcher.tell(Verdict::TryLater);
             }
-            return Report::done(lane, id, false);
+            return Some(Report::done(lane, id, false));
         }
         match decision {
             Decision::Retry { at_ms, .. } => {
@@ -1035,12 +1046,12 @@ impl<A: Attempt> Worker<A> {
                 if let Some(watcher) = watcher {
                     watcher.tell(Verdict::Queued);
                 }
-                Report::Done {
+                Some(Report::Done {
                     lane,
                     id,
                     delivered: false,
                     retry: Some(meta),
-                }
+                })
             }
             Decision::Fail { why } => {
                 let (label, cause) = failure_cause(why);
@@ -1100,7 +1111,7 @@ impl<A: Attempt> Worker<A> {
                 if let Some(watcher) = watcher {
                     watcher.tell(Verdict::Refused);
                 }
-                Report::done(lane, id, false)
+                Some(Report::done(lane, id, false))
             }
         }
     }

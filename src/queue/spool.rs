@@ -34,6 +34,8 @@ use writer::{Files, Job, Writer};
 const ENTRY_EXT: &str = "msg";
 const META_EXT: &str = "json";
 const TMP_EXT: &str = "tmp";
+/// An emptied entry file kept for reuse.
+const SPARE_EXT: &str = "spare";
 /// The message file of the two-file layout before [`record`]'s.
 const LEGACY_BODY_EXT: &str = "eml";
 const LOCK_FILE: &str = ".lock";
@@ -179,6 +181,19 @@ pub trait FileOps: Send + Sync {
     /// `syncfs` of the filesystem holding `dir`: every write made before it is durable.
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
+
+    /// Empties a finished entry file and renames it to `spare`, for [`reuse`](Self::reuse).
+    fn recycle(&self, path: &Path, spare: &Path) -> io::Result<()> {
+        OpenOptions::new().write(true).open(path)?.set_len(0)?;
+        self.rename(path, spare)
+    }
+
+    /// Renames an empty `spare` file to `path` and opens it for writing: a new entry without
+    /// a new inode.
+    fn reuse(&self, spare: &Path, path: &Path) -> io::Result<File> {
+        self.rename(spare, path)?;
+        OpenOptions::new().write(true).open(path)
+    }
 }
 
 /// The real file system.
@@ -272,6 +287,8 @@ struct Listing {
     metas: BTreeSet<QueueId>,
     legacy_bodies: BTreeSet<QueueId>,
     temporaries: Vec<PathBuf>,
+    /// Spare files by number.
+    spares: Vec<(u64, PathBuf)>,
 }
 
 impl Listing {
@@ -288,6 +305,15 @@ impl Listing {
                 (Some(LEGACY_BODY_EXT), Some(id)) => Some((&mut listing.legacy_bodies, id)),
                 (Some(TMP_EXT), _) => {
                     listing.temporaries.push(path);
+                    None
+                }
+                (Some(SPARE_EXT), _) => {
+                    let number = path
+                        .file_stem()
+                        .and_then(|stem| stem.to_str()?.parse().ok());
+                    if let Some(number) = number {
+                        listing.spares.push((number, path));
+                    }
                     None
                 }
                 _ => None,
@@ -345,6 +371,7 @@ impl Spool {
                 fs,
                 dir: dir.to_path_buf(),
                 mode: SyncMode::default(),
+                spares: Arc::default(),
             },
             failed_dir,
             used: AtomicU64::new(0),
@@ -430,6 +457,13 @@ impl Spool {
             let updated = live.metas.contains(&id);
             let trailer = read_trailer(&path);
             let meta = match (trailer, updated) {
+                // Another entry's record in this entry's file: a reused spare whose emptying
+                // had not reached the disk before a crash, so never this entry's commit.
+                (Ok((meta, _)), false) if meta.id != id => {
+                    self.fs().remove(&path).map_err(io_err(&path))?;
+                    recovered.orphans_removed += 1;
+                    continue;
+                }
                 (Ok((meta, size)), false) => Ok((meta, size)),
                 (Ok((_, size)), true) => read_meta(&self.meta_path(id)).map(|meta| (meta, size)),
                 (Err(TrailerError::Uncommitted(_)), false) => {
@@ -482,6 +516,7 @@ impl Spool {
         for path in &live.temporaries {
             self.fs().remove(path).map_err(io_err(path))?;
         }
+        self.files.spares.adopt(live.spares, self.fs())?;
         self.used.store(used, Ordering::Relaxed);
         Ok(recovered)
     }
@@ -579,11 +614,9 @@ impl Spool {
     pub fn append(&self, incoming: &mut IncomingMessage, bytes: &[u8]) -> Result<(), SpoolError> {
         let file = match &mut incoming.file {
             Some(file) => file,
-            None => incoming.file.insert(
-                self.fs()
-                    .create(&incoming.path)
-                    .map_err(io_err(&incoming.path))?,
-            ),
+            None => incoming
+                .file
+                .insert(self.files.create_entry(&incoming.path)?),
         };
         self.fs()
             .write(file, &incoming.path, bytes)

@@ -117,15 +117,34 @@ fn with_syncfs_one_flush_commits_an_entry_and_one_removes_it() {
             "syncfs q".to_string(),
         ]
     );
-    // The entry file is the commit marker: it goes first; then metadata an update left.
+    // The entry file is the commit marker: it goes first, emptied and kept as a spare; then
+    // metadata an update left.
     spool.remove(id).unwrap();
     assert_eq!(
         recording.take(),
         vec![
-            format!("remove {id}.msg"),
+            format!("rename {id}.msg"),
+            "  to 0.spare".to_string(),
             format!("remove {id}.json"),
             "syncfs q".to_string(),
         ]
+    );
+    assert_eq!(std::fs::metadata(dir.join("0.spare")).unwrap().len(), 0);
+    // The next message takes the spare instead of a new inode.
+    let next = commit(&spool, b"Subject: again\r\n\r\nbody\r\n").id;
+    assert_eq!(
+        recording.take(),
+        vec![
+            "rename 0.spare".to_string(),
+            format!("  to {next}.msg"),
+            format!("write {next}.msg"),
+            format!("write {next}.msg"),
+            "syncfs q".to_string(),
+        ]
+    );
+    assert_eq!(
+        spool.read_body(next).unwrap(),
+        b"Subject: again\r\n\r\nbody\r\n"
     );
 }
 
@@ -391,17 +410,23 @@ fn reopen(dir: &Path) -> (Spool, Vec<EntryMeta>) {
 
 #[test]
 fn a_crash_at_any_step_of_a_commit_loses_no_acknowledged_message() {
-    // file: create, write body, write footer, fsync, fsync dir: 5 steps.
-    // filesystem: create, write body, write footer, syncfs: 4 steps.
-    for (mode, steps) in [(SyncMode::File, 5), (SyncMode::Filesystem, 4)] {
-        crash_during_commit(mode, steps);
+    // file: create (or rename a spare), write body, write footer, fsync, fsync dir: 5 steps.
+    // filesystem: create (or rename a spare), write body, write footer, syncfs: 4 steps.
+    for spare in [false, true] {
+        for (mode, steps) in [(SyncMode::File, 5), (SyncMode::Filesystem, 4)] {
+            crash_during_commit(mode, steps, spare);
+        }
     }
 }
 
-fn crash_during_commit(mode: SyncMode, steps: usize) {
+fn crash_during_commit(mode: SyncMode, steps: usize, spare: bool) {
     for allowed in 0..=steps {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("q");
+        if spare {
+            let (spool, _) = Spool::open(&dir).unwrap();
+            spool.remove(commit(&spool, b"delivered").id).unwrap();
+        }
         let committed = {
             let (spool, _) = Spool::open_with(&dir, CrashAfter::new(allowed)).unwrap();
             let spool = spool.with_sync(mode);
@@ -412,7 +437,7 @@ fn crash_during_commit(mode: SyncMode, steps: usize) {
                 .ok()
         };
         let (spool, entries) = reopen(&dir);
-        let here = format!("{mode:?} step {allowed}");
+        let here = format!("{mode:?} step {allowed}, spare {spare}");
         match &committed {
             // Acknowledged: it must be there, intact.
             Some(meta) => {
@@ -768,4 +793,64 @@ fn entries_cut_short_or_damaged_are_never_sent_as_they_are() {
         "{err}"
     );
     assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+/// Spares found at open are emptied (a crash can leave one renamed before its emptying reached
+/// the disk) and reused; numbering goes on after the highest; beyond the limit they are removed.
+#[test]
+fn spares_found_at_open_are_emptied_reused_and_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("7.spare"),
+        b"a delivered message that was not yet emptied",
+    )
+    .unwrap();
+    for number in 100..100 + 1100 {
+        std::fs::write(dir.join(format!("{number}.spare")), b"").unwrap();
+    }
+    let (spool, recovered) = Spool::open(dir).unwrap();
+    assert!(recovered.entries.is_empty());
+    let spares = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "spare"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(spares().len(), 1024);
+    assert!(
+        spares()
+            .iter()
+            .all(|p| std::fs::metadata(p).unwrap().len() == 0)
+    );
+    let meta = commit(&spool, b"new");
+    assert_eq!(spares().len(), 1023, "a spare became the entry");
+    assert_eq!(spool.read_body(meta.id).unwrap(), b"new");
+    drop(spool);
+    // A removal past the limit unlinks; below it, the new spare is numbered after the others.
+    let (spool, _) = Spool::open(dir).unwrap();
+    spool.remove(meta.id).unwrap();
+    assert_eq!(spares().len(), 1024);
+    assert!(dir.join("1200.spare").exists());
+}
+
+/// A reused spare whose emptying never reached the disk before a crash holds another entry's
+/// record: it is not this entry's commit, and neither entry is sent from it.
+#[test]
+fn another_entrys_record_in_an_entry_file_is_not_a_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = {
+        let (spool, _) = Spool::open(tmp.path()).unwrap();
+        commit(&spool, b"delivered before the crash").id
+    };
+    let new = QueueId::generate();
+    std::fs::rename(
+        tmp.path().join(format!("{old}.msg")),
+        tmp.path().join(format!("{new}.msg")),
+    )
+    .unwrap();
+    let (_, recovered) = Spool::open(tmp.path()).unwrap();
+    assert!(recovered.entries.is_empty());
+    assert_eq!((recovered.orphans_removed, recovered.quarantined), (1, 0));
 }

@@ -6,13 +6,17 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::{FileOps, SpoolError, SyncMode, io_err};
+use super::{FileOps, SPARE_EXT, SpoolError, SyncMode, io_err};
+
+/// How many emptied entry files are kept for reuse; more are removed. A burst of deliveries
+/// beyond it costs inode churn again, nothing else.
+const MAX_SPARES: usize = 1024;
 
 /// The file operations of the live queue, shared by the writer thread and the spool's
 /// synchronous paths so both write and flush the same way.
@@ -21,6 +25,64 @@ pub(super) struct Files {
     pub fs: Arc<dyn FileOps>,
     pub dir: PathBuf,
     pub mode: SyncMode,
+    pub spares: Arc<Spares>,
+}
+
+/// Emptied entry files (`<n>.spare` in the spool directory) kept for new messages. On ext4
+/// without a journal, allocating an inode skips every inode freed in the last half minute one
+/// by one, so at thousands of messages a second a new file per message made creation the
+/// spool's largest cost; renaming a spare costs a directory entry, and emptying it on removal
+/// keeps no delivered message on disk.
+#[derive(Default)]
+pub(super) struct Spares {
+    free: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+}
+
+impl Spares {
+    fn take(&self) -> Option<PathBuf> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// A name for one more spare, unless there are enough.
+    fn name(&self, dir: &Path) -> Option<PathBuf> {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        (free.len() < MAX_SPARES).then(|| {
+            let number = self.next.fetch_add(1, Ordering::Relaxed);
+            dir.join(format!("{number}.{SPARE_EXT}"))
+        })
+    }
+
+    fn put(&self, spare: PathBuf) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(spare);
+    }
+
+    /// Takes over the spares found at open, emptied (a crash can leave one renamed before
+    /// its emptying reached the disk); removes those beyond the limit.
+    pub fn adopt(&self, found: Vec<(u64, PathBuf)>, fs: &dyn FileOps) -> Result<(), SpoolError> {
+        let next = found
+            .iter()
+            .map(|(number, _)| number + 1)
+            .max()
+            .unwrap_or(0);
+        self.next.fetch_max(next, Ordering::Relaxed);
+        for (_, path) in found {
+            if self.free.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_SPARES {
+                fs.remove(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_len(0))
+                .map_err(io_err(&path))?;
+            self.put(path);
+        }
+        Ok(())
+    }
 }
 
 impl Files {
@@ -34,7 +96,7 @@ impl Files {
     ) -> Result<(), SpoolError> {
         let mut file = match file {
             Some(file) => file,
-            None => self.fs.create(path).map_err(io_err(path))?,
+            None => self.create_entry(path)?,
         };
         self.fs
             .write(&mut file, path, bytes)
@@ -45,11 +107,32 @@ impl Files {
             .map_err(io_err(path))
     }
 
-    /// Unlinks an entry: the entry file (its commit marker) first, then its updated metadata
-    /// if it has any; returns the entry file's size.
+    /// A new, empty entry file at `path`: a spare renamed when there is one.
+    pub fn create_entry(&self, path: &Path) -> Result<File, SpoolError> {
+        if let Some(spare) = self.spares.take() {
+            match self.fs.reuse(&spare, path) {
+                Ok(file) => return Ok(file),
+                // Gone or unusable: a new file does instead.
+                Err(err) => {
+                    tracing::debug!(spare = %spare.display(), error = %err, "spare spool file not reused");
+                }
+            }
+        }
+        self.fs.create(path).map_err(io_err(path))
+    }
+
+    /// Removes an entry: the entry file (its commit marker) first, emptied and kept as a
+    /// spare or unlinked, then its updated metadata if it has any; returns the entry file's
+    /// size.
     pub fn unlink_entry(&self, entry: &Path, meta: &Path) -> Result<u64, SpoolError> {
         let size = std::fs::symlink_metadata(entry).map_or(0, |m| m.len());
-        self.fs.remove(entry).map_err(io_err(entry))?;
+        match self.spares.name(&self.dir) {
+            Some(spare) => {
+                self.fs.recycle(entry, &spare).map_err(io_err(entry))?;
+                self.spares.put(spare);
+            }
+            None => self.fs.remove(entry).map_err(io_err(entry))?,
+        }
         match self.fs.remove(meta) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_err(meta)(err)),
             _ => Ok(size),
