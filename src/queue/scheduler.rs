@@ -314,17 +314,18 @@ impl<A: Attempt> Scheduler<A> {
         workers: TaskTracker,
     ) {
         let mut waiting = Waiting::default();
-        let mut held = Held::default();
         // Entries due already skip the timer queue, whose table would otherwise grow to the
-        // whole backlog at a start and keep that size.
+        // whole backlog at a start and keep that size; they stay in the recovered list's own
+        // allocation (no second copy of the backlog at its peak).
         let now = self.clock.now_ms();
-        for meta in recovered {
-            if meta.next_attempt_at_ms <= now {
-                held.unresolved.push_back(meta);
-            } else {
-                waiting.push(meta, None);
-            }
+        let mut due = recovered;
+        for meta in due.extract_if(.., |meta| meta.next_attempt_at_ms > now) {
+            waiting.push(meta, None);
         }
+        let mut held = Held {
+            unresolved: VecDeque::from(due),
+            ..Held::default()
+        };
         let mut lanes = Lanes::new(self.limits.per_lane, self.pacing);
         // Retry-After pauses of the process before this one (killed, perhaps) still hold.
         let pause_file = PauseFile::new(self.spool.dir());
@@ -365,6 +366,10 @@ impl<A: Attempt> Scheduler<A> {
                     let lane = attempt.lane(&meta).await;
                     let _ = tx.send(Report::Resolved(meta, lane));
                 });
+            }
+            // The backlog recovered at a start is handed out: its buffer goes back.
+            if held.unresolved.is_empty() && held.unresolved.capacity() > 1024 {
+                held.unresolved = VecDeque::new();
             }
             while held.in_flight.len() < self.limits.concurrency
                 && let Some((lane, meta)) = lanes.next(now, &self.counters)

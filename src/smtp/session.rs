@@ -1030,10 +1030,8 @@ impl Transaction {
         let taken_back = from.saturating_sub(self.pending.len());
         self.size -= taken_back as u64;
         let from = from - taken_back;
-        if self.pending[from..]
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'\n' && !self.preceded_by_cr(from + i))
+        // memchr jumps from LF to LF: most bodies have no bare one.
+        if memchr::memchr_iter(b'\n', &self.pending[from..]).any(|i| !self.preceded_by_cr(from + i))
         {
             let tail = self.pending.split_off(from);
             let mut cr = self.last_cr;
@@ -1050,7 +1048,8 @@ impl Transaction {
         }
         let added = &self.pending[from..];
         self.size += added.len() as u64;
-        if !self.head.windows(4).any(|w| w == b"\r\n\r\n") && self.head.len() < BUFFER_SIZE {
+        if self.head.len() < BUFFER_SIZE && memchr::memmem::find(&self.head, b"\r\n\r\n").is_none()
+        {
             let room = BUFFER_SIZE - self.head.len();
             self.head.extend_from_slice(&added[..added.len().min(room)]);
         }
