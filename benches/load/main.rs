@@ -72,7 +72,7 @@ fn matrix() -> Vec<Scenario> {
     let base = Scenario {
         sessions: 32,
         per_session: 1,
-        total: 2000,
+        total: 20_000,
         size: 10 << 10,
         mailboxes: 1,
         latency_ms: 0,
@@ -81,7 +81,8 @@ fn matrix() -> Vec<Scenario> {
     let mut scenarios = Vec::new();
     for sessions in [1, 8, 32, 100] {
         for per_session in [1, 50] {
-            let total = if sessions == 1 { 500 } else { 2000 };
+            // Runs of several seconds: a sub-second run is mostly ramp-up and noise.
+            let total = if sessions == 1 { 3000 } else { 20_000 };
             scenarios.push(Scenario {
                 sessions,
                 per_session,
@@ -92,12 +93,12 @@ fn matrix() -> Vec<Scenario> {
     }
     scenarios.push(Scenario {
         size: 100 << 10,
-        total: 1000,
+        total: 5000,
         ..base.clone()
     });
     scenarios.push(Scenario {
         size: 1 << 20,
-        total: 200,
+        total: 500,
         sessions: 8,
         ..base.clone()
     });
