@@ -145,7 +145,18 @@ fn start_on(
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open_with(tmp.path(), fs).unwrap();
     // The paused clock would jump ahead while a task awaits the writer thread.
-    let spool = Arc::new(spool.with_inline_writes());
+    start_spool(attempt, limits, tmp, spool.with_inline_writes(), configure)
+}
+
+/// Runs a scheduler over `spool` (in `tmp`), as it is configured.
+fn start_spool(
+    attempt: Arc<Scripted>,
+    limits: Limits,
+    tmp: tempfile::TempDir,
+    spool: Spool,
+    configure: impl FnOnce(Scheduler<Scripted>) -> Scheduler<Scripted>,
+) -> Harness {
+    let spool = Arc::new(spool);
     let policy = policy();
     let clock = Clock::starting_at(EPOCH_MS);
     let counters = Arc::new(Counters::default());
@@ -985,4 +996,107 @@ async fn a_delivered_entry_that_cannot_be_removed_is_kept_intact_and_removed_lat
     assert!(!h.is_queued(id));
     assert_eq!(attempt.attempts("a@contoso.com").len(), 1);
     assert_eq!(count(&h.counters, crate::telemetry::MESSAGES_DELIVERED), 1);
+}
+
+/// Lets flushes through until closed; then holds each until opened again.
+#[derive(Default)]
+struct GatedFlush {
+    closed: Mutex<bool>,
+    opened: std::sync::Condvar,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedFlush {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = closed;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test ends instead of waiting on the writer.
+struct OpenAtEnd(Arc<GatedFlush>);
+
+impl Drop for OpenAtEnd {
+    fn drop(&mut self) {
+        self.0.set_closed(false);
+    }
+}
+
+impl FileOps for GatedFlush {
+    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        RealFs.create(path)
+    }
+    fn write(
+        &self,
+        file: &mut std::fs::File,
+        path: &std::path::Path,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        RealFs.write(file, path, bytes)
+    }
+    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
+        RealFs.sync(file, path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+    fn sync_fs(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let mut closed = self.closed.lock().unwrap();
+        if *closed {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+        }
+        drop(closed);
+        RealFs.sync_fs(dir)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        RealFs.remove(path)
+    }
+}
+
+/// A mailbox's slot is Graph's to count: it is free as soon as Graph has answered, not after
+/// the delivered entry's removal has been flushed (which held every mailbox to a few
+/// deliveries per flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_messages_mailbox_slot_is_free_before_its_removal_is_flushed() {
+    let fs = Arc::new(GatedFlush::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open_with(tmp.path(), fs.clone()).unwrap();
+    let attempt = Scripted::new(Duration::from_millis(1));
+    let one_at_a_time = Limits {
+        concurrency: 8,
+        per_lane: 1,
+    };
+    // The real writer thread: removals wait for its flush.
+    let h = start_spool(attempt.clone(), one_at_a_time, tmp, spool, |s| s);
+    let (a, b) = (h.commit("a@contoso.com"), h.commit("a@contoso.com"));
+    fs.set_closed(true);
+    // Declared after the harness: dropped, and so opened, before the spool's writer is joined.
+    let _open_at_end = OpenAtEnd(fs.clone());
+    h.queue.enqueue(a);
+    h.queue.enqueue(b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attempt.attempts("a@contoso.com").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second message waited for the first one's removal"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        fs.held.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "no removal was held"
+    );
+    fs.set_closed(false);
+    h.drained(Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.spool.used() > 0 {
+        assert!(Instant::now() < deadline, "removals not finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
