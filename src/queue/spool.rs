@@ -761,7 +761,16 @@ impl Spool {
     /// # Errors
     /// The entry file is missing, unreadable or damaged.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        read_message(&self.entry_path(id))
+        let (file, len, path) = self.open_entry(id)?;
+        read_message(file, len, &path)
+    }
+
+    /// An entry file opened for reading, with its length (one path lookup for both).
+    fn open_entry(&self, id: QueueId) -> Result<(File, u64, PathBuf), SpoolError> {
+        let path = self.entry_path(id);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        Ok((file, len, path))
     }
 
     /// [`read_body`](Self::read_body) for async callers: a small entry is read on the calling
@@ -772,14 +781,14 @@ impl Spool {
     /// The entry file is missing, unreadable or damaged.
     pub async fn read_body_async(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         const INLINE_READ_LIMIT: u64 = 256 * 1024;
-        let path = self.entry_path(id);
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() <= INLINE_READ_LIMIT) {
-            return read_message(&path);
+        let (file, len, path) = self.open_entry(id)?;
+        if len <= INLINE_READ_LIMIT {
+            return read_message(file, len, &path);
         }
-        let (on_thread, on_error) = (path.clone(), path);
-        let read = tokio::task::spawn_blocking(move || read_message(&on_thread));
+        let on_thread = path.clone();
+        let read = tokio::task::spawn_blocking(move || read_message(file, len, &on_thread));
         read.await
-            .unwrap_or_else(|join| Err(io_err(&on_error)(io::Error::other(join.to_string()))))
+            .unwrap_or_else(|join| Err(io_err(&path)(io::Error::other(join.to_string()))))
     }
 
     /// Removes a delivered entry with its own flush (the `queue delete` command);
@@ -958,9 +967,10 @@ fn read_trailer(path: &Path) -> Result<(EntryMeta, u64), TrailerError> {
     Ok((meta, len))
 }
 
-/// The message of an entry file, checked against its footer.
-fn read_message(path: &Path) -> Result<Vec<u8>, SpoolError> {
-    let mut bytes = std::fs::read(path).map_err(io_err(path))?;
+/// The message of an entry file (open, `len` bytes), checked against its footer.
+fn read_message(mut file: File, len: u64, path: &Path) -> Result<Vec<u8>, SpoolError> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(io_err(path))?;
     let body_len = record::split(&bytes)
         .map_err(|reason| SpoolError::Damaged {
             path: path.to_path_buf(),
