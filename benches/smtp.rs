@@ -128,6 +128,36 @@ fn spool_commit(c: &mut Criterion) {
             spool.remove(black_box(meta.id)).unwrap();
         });
     });
+    // What 32 sessions ending their DATA together cost: commits and removals through the
+    // writer thread, sharing flushes (per message, as elements).
+    let spool = Arc::new(spool);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    group.throughput(Throughput::Elements(32));
+    group.bench_function("commit_10k_x32_together", |b| {
+        b.to_async(&runtime).iter(|| {
+            let commits: Vec<_> = (0..32)
+                .map(|_| {
+                    let (spool, body, envelope) = (spool.clone(), body.clone(), envelope.clone());
+                    tokio::spawn(async move {
+                        let incoming = spool.receive();
+                        let meta = spool
+                            .commit_async(incoming, body.into_bytes(), envelope)
+                            .await
+                            .unwrap();
+                        spool.remove_async(black_box(meta.id)).await.unwrap();
+                    })
+                })
+                .collect();
+            async move {
+                for commit in commits {
+                    commit.await.unwrap();
+                }
+            }
+        });
+    });
     group.finish();
 }
 
