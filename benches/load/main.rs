@@ -152,17 +152,20 @@ fn main() {
     println!("relay: {}", env!("CARGO_BIN_EXE_graph-relay"));
     println!();
     println!(
-        "| scenario | acked/s | sink acked/s | ratio | delivered/s | p50 ack ms | p99 ack ms | peak RSS MB | relay CPU s/1k msg | emulator CPU s/1k msg | Graph refusals |"
+        "| scenario | acked/s | sink acked/s | ratio | smtp-source → sink/s | ratio to it | delivered/s | p50 ack ms | p99 ack ms | peak RSS MB | relay CPU s/1k msg | emulator CPU s/1k msg | Graph refusals |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let sink = find("smtp-sink");
+    let source = find("smtp-source");
     for scenario in scenarios {
         let mut rows: Vec<Run> = Vec::new();
         for run in 0..runs {
             let dir = work.join(format!("run-{run}"));
             let report = run_relay(&scenario, &dir);
-            let sink_rate = sink.as_deref().map(|sink| run_sink(sink, &scenario));
-            rows.push((report, sink_rate));
+            let sink_rates = sink
+                .as_deref()
+                .map(|sink| run_sink(sink, source.as_deref(), &scenario));
+            rows.push((report, sink_rates));
         }
         let median = |f: &dyn Fn(&Run) -> f64| {
             let mut values: Vec<f64> = rows.iter().map(f).collect();
@@ -170,13 +173,23 @@ fn main() {
             values[values.len() / 2]
         };
         let acked = median(&|r| r.0.acked_per_s);
-        let sink_acked = sink.as_ref().map(|_| median(&|r| r.1.unwrap_or(0.0)));
+        let sink_acked = sink
+            .as_ref()
+            .map(|_| median(&|r| r.1.map_or(0.0, |(generator, _)| generator)));
+        let source_acked = source
+            .as_ref()
+            .filter(|_| sink.is_some())
+            .map(|_| median(&|r| r.1.and_then(|(_, source)| source).unwrap_or(0.0)));
+        let rate = |rate: Option<f64>| rate.map_or("–".into(), |r| format!("{r:.0}"));
+        let ratio = |rate: Option<f64>| rate.map_or("–".into(), |r| format!("{:.2}", acked / r));
         println!(
-            "| {} | {:.0} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} |",
             scenario.label(),
             acked,
-            sink_acked.map_or("–".into(), |s| format!("{s:.0}")),
-            sink_acked.map_or("–".into(), |s| format!("{:.2}", acked / s)),
+            rate(sink_acked),
+            ratio(sink_acked),
+            rate(source_acked),
+            ratio(source_acked),
             median(&|r| r.0.delivered_per_s),
             median(&|r| r.0.p50_ms),
             median(&|r| r.0.p99_ms),
@@ -188,11 +201,14 @@ fn main() {
     }
     if sink.is_none() {
         println!("\nSKIPPED: the smtp-sink ceiling needs smtp-sink (Debian package postfix)");
+    } else if source.is_none() {
+        println!("\nSKIPPED: the smtp-source column needs smtp-source (Debian package postfix)");
     }
 }
 
-/// One run's figures against the relay, and the same load's rate against smtp-sink.
-type Run = (LoadReport, Option<f64>);
+/// One run's figures against the relay, and the same load's rates against smtp-sink: from the
+/// bench's generator, and from smtp-source.
+type Run = (LoadReport, Option<(f64, Option<f64>)>);
 
 fn option(args: &[String], name: &str) -> Option<usize> {
     let at = args.iter().position(|a| a == name)?;
@@ -310,8 +326,9 @@ fn start_relay(emulator: &Emulator, dir: &Path) -> (Child, std::net::SocketAddr)
     (child, addr)
 }
 
-/// The same load against `smtp-sink` (accepts and discards; no disk, no parsing).
-fn run_sink(sink: &Path, scenario: &Scenario) -> f64 {
+/// The same load against `smtp-sink` (accepts and discards; no disk, no parsing), from the
+/// bench's generator and then from Postfix's `smtp-source`: messages per second of each.
+fn run_sink(sink: &Path, source: Option<&Path>, scenario: &Scenario) -> (f64, Option<f64>) {
     let port = free_port();
     let mut command = Command::new(sink);
     // smtp-sink refuses to run as root unless told which user to become.
@@ -344,9 +361,32 @@ fn run_sink(sink: &Path, scenario: &Scenario) -> f64 {
     let started = Instant::now();
     runtime.block_on(scenario.load(addr).run());
     let rate = scenario.total as f64 / started.elapsed().as_secs_f64();
+    let source_rate = source.map(|source| run_source(source, scenario, port));
     let _ = child.kill();
     let _ = child.wait();
-    rate
+    (rate, source_rate)
+}
+
+/// The same load from `smtp-source`: N sessions, `total` messages of `size` bytes; with more
+/// than one message per session (`-d`) each session keeps its connection for all of its share.
+fn run_source(source: &Path, scenario: &Scenario, port: u16) -> f64 {
+    let mut command = Command::new(source);
+    if scenario.per_session > 1 {
+        command.arg("-d");
+    }
+    let started = Instant::now();
+    let status = command
+        .args(["-s", &scenario.sessions.to_string()])
+        .args(["-m", &scenario.total.to_string()])
+        .args(["-l", &scenario.size.to_string()])
+        .args(["-f", "bench@contoso.com", "-t", "alice@example.com"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("smtp-source runs");
+    assert!(status.success(), "smtp-source failed: {status}");
+    scenario.total as f64 / started.elapsed().as_secs_f64()
 }
 
 fn free_port() -> u16 {
