@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 pub use crate::config::SyncMode;
 use record::{FOOTER_LEN, Footer, RecordError};
-use writer::{Files, Job, Writer};
+use writer::{Emptying, Files, Job, Writer};
 
 const ENTRY_EXT: &str = "msg";
 const META_EXT: &str = "json";
@@ -182,9 +182,9 @@ pub trait FileOps: Send + Sync {
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
 
-    /// Empties a finished entry file and renames it to `spare`, for [`reuse`](Self::reuse).
+    /// Moves a finished entry file aside as `spare`; once emptied it is for
+    /// [`reuse`](Self::reuse).
     fn recycle(&self, path: &Path, spare: &Path) -> io::Result<()> {
-        OpenOptions::new().write(true).open(path)?.set_len(0)?;
         self.rename(path, spare)
     }
 
@@ -797,9 +797,9 @@ impl Spool {
     /// # Errors
     /// A file could not be removed.
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
-        let size = self
-            .files
-            .unlink_entry(&self.entry_path(id), &self.meta_path(id))?;
+        let size =
+            self.files
+                .unlink_entry(&self.entry_path(id), &self.meta_path(id), Emptying::Now)?;
         self.forget(size);
         self.files.flush()
     }

@@ -672,6 +672,14 @@ fn commits_share_flushes(mode: SyncMode) {
     );
     assert_eq!(spool.used(), 0);
     drop(spool);
+    // The writer's removals are emptied off its thread, all of them before the spool is gone.
+    let spares: Vec<u64> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spare"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(spares, vec![0; 16], "{mode:?}");
     assert!(Spool::open(tmp.path()).unwrap().1.entries.is_empty());
 }
 

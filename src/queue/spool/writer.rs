@@ -31,17 +31,90 @@ pub(super) struct Files {
 /// Emptied entry files (`<n>.spare` in the spool directory) kept for new messages. On ext4
 /// without a journal, allocating an inode skips every inode freed in the last half minute one
 /// by one, so at thousands of messages a second a new file per message made creation the
-/// spool's largest cost; renaming a spare costs a directory entry, and emptying it on removal
-/// keeps no delivered message on disk.
+/// spool's largest cost; renaming a spare costs a directory entry, and emptying it keeps no
+/// delivered message on disk. Emptying frees the file's blocks, which on a filesystem mounted
+/// with `discard` waits for the device: the writer leaves it to a thread of its own, so no
+/// commit waits for it.
 #[derive(Default)]
 pub(super) struct Spares {
-    free: Mutex<Vec<PathBuf>>,
+    free: Arc<Mutex<Vec<PathBuf>>>,
     next: AtomicU64,
+    /// Empties spares retired by the writer; started with the first.
+    emptier: Mutex<Option<Emptier>>,
+}
+
+/// When a retired entry file is emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Emptying {
+    /// Before the call returns (the spool's synchronous paths).
+    Now,
+    /// On the emptier thread (the writer's removals).
+    Background,
+}
+
+struct Emptier {
+    queue: Option<mpsc::Sender<PathBuf>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Spares {
+    /// Lets the emptier finish: no spare is left full when the spool's lock is released.
+    fn drop(&mut self) {
+        let emptier = self.emptier.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut emptier) = emptier.take() {
+            drop(emptier.queue.take());
+            if let Some(thread) = emptier.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Empties a spare and makes it available; one that cannot be emptied is removed instead.
+fn empty_into(free: &Mutex<Vec<PathBuf>>, spare: PathBuf) {
+    let emptied = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&spare)
+        .and_then(|file| file.set_len(0));
+    match emptied {
+        Ok(()) => free.lock().unwrap_or_else(|e| e.into_inner()).push(spare),
+        Err(err) => {
+            tracing::warn!(spare = %spare.display(), error = %err, "cannot empty a spare spool file; removing it");
+            let _ = std::fs::remove_file(&spare);
+        }
+    }
 }
 
 impl Spares {
     fn take(&self) -> Option<PathBuf> {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// A retired entry file, now named `spare`: emptied as `when` says, then reusable.
+    fn retire(&self, spare: PathBuf, when: Emptying) {
+        if when == Emptying::Now {
+            return empty_into(&self.free, spare);
+        }
+        let mut emptier = self.emptier.lock().unwrap_or_else(|e| e.into_inner());
+        let emptier = emptier.get_or_insert_with(|| {
+            let (queue, spares) = mpsc::channel::<PathBuf>();
+            let free = self.free.clone();
+            let thread = std::thread::Builder::new()
+                .name("spool-emptier".into())
+                .spawn(move || {
+                    for spare in spares {
+                        empty_into(&free, spare);
+                    }
+                })
+                .expect("the spool emptier thread starts");
+            Emptier {
+                queue: Some(queue),
+                thread: Some(thread),
+            }
+        });
+        if let Some(queue) = &emptier.queue {
+            let _ = queue.send(spare);
+        }
     }
 
     /// A name for one more spare, unless there are enough.
@@ -51,13 +124,6 @@ impl Spares {
             let number = self.next.fetch_add(1, Ordering::Relaxed);
             dir.join(format!("{number}.{SPARE_EXT}"))
         })
-    }
-
-    fn put(&self, spare: PathBuf) {
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(spare);
     }
 
     /// Takes over the spares found at open, emptied (a crash can leave one renamed before
@@ -79,7 +145,10 @@ impl Spares {
                 .open(&path)
                 .and_then(|file| file.set_len(0))
                 .map_err(io_err(&path))?;
-            self.put(path);
+            self.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path);
         }
         Ok(())
     }
@@ -121,15 +190,20 @@ impl Files {
         self.fs.create(path).map_err(io_err(path))
     }
 
-    /// Removes an entry: the entry file (its commit marker) first, emptied and kept as a
-    /// spare or unlinked, then its updated metadata if it has any; returns the entry file's
-    /// size.
-    pub fn unlink_entry(&self, entry: &Path, meta: &Path) -> Result<u64, SpoolError> {
+    /// Removes an entry: the entry file (its commit marker) first, kept as a spare (emptied
+    /// as `emptying` says) or unlinked, then its updated metadata if it has any; returns the
+    /// entry file's size.
+    pub fn unlink_entry(
+        &self,
+        entry: &Path,
+        meta: &Path,
+        emptying: Emptying,
+    ) -> Result<u64, SpoolError> {
         let size = std::fs::symlink_metadata(entry).map_or(0, |m| m.len());
         match self.spares.name(&self.dir) {
             Some(spare) => {
                 self.fs.recycle(entry, &spare).map_err(io_err(entry))?;
-                self.spares.put(spare);
+                self.spares.retire(spare, emptying);
             }
             None => self.fs.remove(entry).map_err(io_err(entry))?,
         }
@@ -258,12 +332,14 @@ fn batch(files: &Files, jobs: impl Iterator<Item = Job>) {
                     let _ = reply.send(Err(err));
                 }
             },
-            Job::Remove { entry, meta, reply } => match files.unlink_entry(&entry, &meta) {
-                Ok(size) => written.push(Written::Removed(size, reply)),
-                Err(err) => {
-                    let _ = reply.send(Err(err));
+            Job::Remove { entry, meta, reply } => {
+                match files.unlink_entry(&entry, &meta, Emptying::Background) {
+                    Ok(size) => written.push(Written::Removed(size, reply)),
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
                 }
-            },
+            }
         }
     }
     if written.is_empty() {
