@@ -815,6 +815,17 @@ async fn sighup_applies_a_corrected_auth_section() {
         "{}",
         relay.logs()
     );
+    // The attempt with the wrong id is over and deferred before the fix (a fix that lands while
+    // such an attempt is still out waits for `queue.fault_retry`: docs/RELIABILITY.md, "Open").
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let stats = queue_stats(&env);
+            stats["deferred"] == 1 && stats["in flight"] == 0
+        })
+        .await,
+        "{}",
+        relay.logs()
+    );
 
     write(CLIENT_ID);
     relay.signal("HUP");
