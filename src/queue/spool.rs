@@ -1,15 +1,17 @@
 //! The embedded on-disk spool: the source of truth between the SMTP `250` and Graph's `202`.
 //!
 //! Layout of `queue.dir`: one file per entry, `<id>.msg`: the message as received, then its
-//! [`EntryMeta`], then a footer that commits it ([`record`]: a file without a whole footer was
-//! never acknowledged). The [`writer`] thread writes the files of the commits that arrive
+//! [`EntryMeta`], then a footer that commits it (`record`: a file without a whole footer was
+//! never acknowledged). The `writer` thread writes the files of the commits that arrive
 //! together and flushes them at once (one `syncfs` with `queue.sync = "filesystem"`; an fsync
 //! per file and one of the directory with `file`); only then does SMTP answer `250`. Changes
 //! after the commit (attempts, next attempt, last error, draft) go to `<id>.json` beside the
 //! entry (temporary file, fsync, rename), which then takes precedence over the footer's copy.
-//! Permanent failures move to `failed/` with their reason; unreadable entries move to
-//! `corrupt/`; entries of the earlier two-file layout (`<id>.eml` + `<id>.json`) are converted
-//! at open. Every file operation goes through [`FileOps`], so a test can assert the order.
+//! Removed entry files become `<n>.spare`, emptied and reused for new messages (see
+//! `writer::Spares` for why). Permanent failures move to `failed/` with their reason;
+//! unreadable entries move to `corrupt/`; entries of the earlier two-file layout (`<id>.eml` +
+//! `<id>.json`) are converted at open. Every step the durability rests on goes through
+//! [`FileOps`], so a test can assert the order and crash at each.
 
 mod record;
 mod writer;
