@@ -20,26 +20,11 @@ pub(crate) struct FaultyFs {
 }
 
 impl FileOps for FaultyFs {
-    fn create(&self, path: &Path) -> io::Result<File> {
-        RealFs.create(path)
-    }
     fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
         if self.full.load(SeqCst) {
             return Err(io::ErrorKind::StorageFull.into());
         }
         RealFs.write(file, path, bytes)
-    }
-    fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
-        RealFs.sync(file, path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        RealFs.sync_fs(dir)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.removals.fetch_add(1, SeqCst);

@@ -170,19 +170,46 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
-/// The file operations the spool's durability rests on.
+/// The file operations the spool's durability rests on. Each defaults to the real file system,
+/// so a test double overrides only the operations it changes.
 pub trait FileOps: Send + Sync {
     /// Creates a new owner-only file (fails if it exists).
-    fn create(&self, path: &Path) -> io::Result<File>;
-    fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    fn create(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    fn write(&self, file: &mut File, _path: &Path, bytes: &[u8]) -> io::Result<()> {
+        file.write_all(bytes)
+    }
+
     /// `fsync` of a file's content.
-    fn sync(&self, file: &File, path: &Path) -> io::Result<()>;
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn sync(&self, file: &File, _path: &Path) -> io::Result<()> {
+        // fdatasync: the size and block map of a new file are part of its data; timestamps
+        // are not worth a second write.
+        file.sync_data()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
     /// `fsync` of a directory, making creations, renames and removals in it durable.
-    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
     /// `syncfs` of the filesystem holding `dir`: every write made before it is durable.
-    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
-    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
 
     /// Moves a finished entry file aside as `spare`; once emptied it is for
     /// [`reuse`](Self::reuse).
@@ -202,41 +229,7 @@ pub trait FileOps: Send + Sync {
 #[derive(Debug, Default)]
 pub struct RealFs;
 
-impl FileOps for RealFs {
-    fn create(&self, path: &Path) -> io::Result<File> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-    }
-
-    fn write(&self, file: &mut File, _path: &Path, bytes: &[u8]) -> io::Result<()> {
-        file.write_all(bytes)
-    }
-
-    fn sync(&self, file: &File, _path: &Path) -> io::Result<()> {
-        // fdatasync: the size and block map of a new file are part of its data; timestamps
-        // are not worth a second write.
-        file.sync_data()
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
-    }
-
-    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
-    }
-}
+impl FileOps for RealFs {}
 
 /// A message being received: its entry file is created with the first bytes written to it.
 pub struct IncomingMessage {

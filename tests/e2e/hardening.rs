@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use graph_relay::queue::spool::{FileOps, Origin, RealFs};
+use graph_relay::queue::spool::{FileOps, Origin};
 use graph_relay::queue::{Envelope, Spool};
 use graph_relay_emulator::{EmulatorConfig, Fault};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -299,26 +299,14 @@ async fn ten_thousand_recipients_are_refused_past_the_limit() {
 struct NoSync;
 
 impl FileOps for NoSync {
-    fn create(&self, path: &Path) -> io::Result<File> {
-        RealFs.create(path)
-    }
-    fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        RealFs.write(file, path, bytes)
-    }
     fn sync(&self, _: &File, _: &Path) -> io::Result<()> {
         Ok(())
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
     }
     fn sync_dir(&self, _: &Path) -> io::Result<()> {
         Ok(())
     }
     fn sync_fs(&self, _: &Path) -> io::Result<()> {
         Ok(())
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove(path)
     }
 }
 

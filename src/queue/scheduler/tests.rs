@@ -369,37 +369,17 @@ struct SlowSync {
 }
 
 impl FileOps for SlowSync {
-    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        RealFs.create(path)
-    }
-    fn write(
-        &self,
-        file: &mut std::fs::File,
-        path: &std::path::Path,
-        bytes: &[u8],
-    ) -> std::io::Result<()> {
-        RealFs.write(file, path, bytes)
-    }
     fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
         if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(self.delay);
         }
         RealFs.sync(file, path)
     }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
     fn sync_fs(&self, dir: &std::path::Path) -> std::io::Result<()> {
         if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(self.delay);
         }
         RealFs.sync_fs(dir)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        RealFs.remove(path)
     }
 }
 
@@ -1023,26 +1003,6 @@ impl Drop for OpenAtEnd {
 }
 
 impl FileOps for GatedFlush {
-    fn create(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        RealFs.create(path)
-    }
-    fn write(
-        &self,
-        file: &mut std::fs::File,
-        path: &std::path::Path,
-        bytes: &[u8],
-    ) -> std::io::Result<()> {
-        RealFs.write(file, path, bytes)
-    }
-    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync(file, path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
     fn sync_fs(&self, dir: &std::path::Path) -> std::io::Result<()> {
         let mut closed = self.closed.lock().unwrap();
         if *closed {
@@ -1053,9 +1013,6 @@ impl FileOps for GatedFlush {
         }
         drop(closed);
         RealFs.sync_fs(dir)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        RealFs.remove(path)
     }
 }
 

@@ -268,26 +268,11 @@ fn corrupt_metadata_is_quarantined_not_fatal() {
 fn a_failed_commit_leaves_nothing_behind() {
     struct FailingSync;
     impl FileOps for FailingSync {
-        fn create(&self, path: &Path) -> io::Result<File> {
-            RealFs.create(path)
-        }
-        fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
-            RealFs.write(file, path, bytes)
-        }
         fn sync(&self, _: &File, _: &Path) -> io::Result<()> {
             Err(io::Error::other("disk on fire"))
         }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            RealFs.rename(from, to)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            RealFs.sync_dir(dir)
-        }
         fn sync_fs(&self, _: &Path) -> io::Result<()> {
             Err(io::Error::other("disk on fire"))
-        }
-        fn remove(&self, path: &Path) -> io::Result<()> {
-            RealFs.remove(path)
         }
     }
     // The file's fsync fails with `file`, the grouped syncfs with `filesystem`; on the
@@ -544,29 +529,17 @@ impl SlowFlush {
 }
 
 impl FileOps for SlowFlush {
-    fn create(&self, path: &Path) -> io::Result<File> {
-        RealFs.create(path)
-    }
     fn write(&self, file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
         RealFs.write(file, path, bytes)?;
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         self.log.lock().unwrap().push(format!("write {name}"));
         Ok(())
     }
-    fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
-        RealFs.sync(file, path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
-    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.slow_flush(|| RealFs.sync_dir(dir))
     }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         self.slow_flush(|| RealFs.sync_fs(dir))
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove(path)
     }
 }
 
